@@ -1,0 +1,55 @@
+# llmc-py: `make train` (quick start: CPU without a GPU) and `make test` (everything CI runs).
+# Set-up is part of each target: a virtualenv in .venv, the tinyshakespeare shards, the model files.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Local copies of data that would otherwise be downloaded (input.txt, GPT-2's BPE ranks).
+LLMC_DATA ?= ../shared/data
+TS_DIR := dev/data/tinyshakespeare
+TS_INPUT := $(wildcard $(LLMC_DATA)/tinyshakespeare/input.txt)
+RANKS := $(wildcard $(LLMC_DATA)/gpt2/gpt2.tiktoken)
+ifneq ($(RANKS),)
+export LLMC_GPT2_TIKTOKEN ?= $(abspath $(RANKS))
+endif
+export LLMC_TEST_DATA ?= $(abspath $(LLMC_DATA))
+export PYTHONUNBUFFERED := 1
+# cuda when an NVIDIA GPU answers, else cpu
+DEVICE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+# the CPU set always (tests, train_gpt2.py); the CUDA set too where a GPU is present
+REQUIREMENTS := requirements-dev.txt $(if $(filter cuda,$(DEVICE)),requirements.txt)
+VENV_STAMP := $(VENV)/.installed-$(DEVICE)
+
+.PHONY: train test data model bench clean
+
+$(VENV_STAMP): $(REQUIREMENTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(addprefix -r ,$(REQUIREMENTS))
+	touch $@
+
+# tinyshakespeare token shards (input.txt from LLMC_DATA when present, else downloaded)
+data: $(TS_DIR)/tiny_shakespeare_val.bin
+$(TS_DIR)/tiny_shakespeare_val.bin: | $(VENV_STAMP)
+	$(PY) dev/data/tinyshakespeare.py $(if $(TS_INPUT),--input $(TS_INPUT))
+
+# GPT-2 124M when its weights can be downloaded, otherwise a seeded random-init d12
+model: data
+	@if [ ! -f gpt2_124M.bin ] && [ ! -f gpt2_d12.bin ]; then \
+	  $(PY) train_gpt2.py --model gpt2 --num_iterations 0 || \
+	  { echo "GPT-2 124M unavailable: writing a random-init d12 instead"; \
+	    $(PY) train_gpt2.py --model d12 --num_iterations 0; }; fi
+
+train: model
+	@m=$$([ -f gpt2_124M.bin ] && echo gpt2_124M || echo gpt2_d12); \
+	if [ "$(DEVICE)" = cuda ]; then set -x; $(PY) train_gpt2cu.py -b 4 -t 1024 -e $${m}_bf16.bin; \
+	else set -x; $(PY) train_gpt2cu.py --device cpu -b 4 -t 64 -x 40 -l 1e-4 -e $$m.bin; fi
+
+test: $(VENV_STAMP)
+	$(PY) -m pytest -q tests
+
+bench: model
+	@m=$$([ -f gpt2_124M.bin ] && echo gpt2_124M || echo gpt2_d12); set -x; \
+	$(PY) dev/bench.py --device $(DEVICE) -e $$m.bin -b 4 -t 64
+
+clean:
+	rm -rf $(VENV) .fixtures .pytest_cache

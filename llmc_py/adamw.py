@@ -1,0 +1,73 @@
+"""AdamW update over flat float32 buffers (one parameter tensor, a ZeRO-1 shard, or any slice of them).
+
+Design decision: everything happens in place on the caller's arrays (views into the big flat params,
+grads, m, v and master buffers), per element exactly as llm.c's kernel: grad clipping arrives as
+`grad_scale` multiplied into each grad; m and v follow llm.c's lerp, beta*m + (g - beta*g) as two fused
+multiply-adds, each rounded once to float32 (emulated in float64, where a product of two float32 values
+is exact; unfused float32 would round beta*g on its own, and g - beta*g then magnifies that error 10x for
+beta1 and 20x for beta2); the bias corrections 1 - beta^t are float32 scalars; weight decay sits inside
+the learning-rate term: p = p_old - lr * (mh / (sqrt(vh) + eps) + weight_decay * p_old), in float32.
+With master weights the update reads and writes `master` and then copies it into `params`; llm.c rounds
+that copy to bf16 stochastically with `seed`, but float32 -> float32 needs no rounding, so on this CPU
+path `seed` is accepted and unused. The arrays are walked in blocks of 16384 elements so the temporaries
+stay cache-sized; every element still goes through the same vectorized expressions, and on 124M
+parameters this measured about 10x faster than whole-array passes (0.8-1.0 s against 9-11 s, 2 vCPUs).
+"""
+import numpy as np
+
+_BLOCK = 1 << 14  # elements per block: 64 KiB per float32 temporary
+
+# ----------------------------------------------------------------------------
+# NumPy reference
+
+
+def _lerp_into(end, start, weight):
+    """end = fma(weight, end, fma(-weight, start, start)) in float32, i.e. llm.c's lerp(start, end, weight).
+
+    float64 holds weight*x exactly for float32 weight and x, so each fma is its float64 sum rounded to
+    float32; that double rounding differs from a true fma only on exact float32 ties, which are rare.
+    """
+    w = np.float64(weight)
+    s = start.astype(np.float64)
+    inner = (s - w * s).astype(np.float32)  # fma(-w, start, start)
+    e = end.astype(np.float64)
+    e *= w
+    e += inner
+    np.copyto(end, e, casting="same_kind")  # fma(w, end, inner), rounded once
+
+
+def _adamw_block(params, grads, m, v, master, lr, beta1, beta2, eps, weight_decay, grad_scale,
+                 beta1_correction, beta2_correction):
+    g = grads * grad_scale
+    _lerp_into(m, g, beta1)  # m = beta1 * m + (1 - beta1) * g
+    g *= g
+    _lerp_into(v, g, beta2)  # v = beta2 * v + (1 - beta2) * g^2
+    # g is free now: it becomes sqrt(vh) + eps, then the update term; mh needs one more temporary
+    np.divide(v, beta2_correction, out=g)
+    np.sqrt(g, out=g)
+    g += eps
+    mh = m / beta1_correction
+    np.divide(mh, g, out=g)
+    p = params if master is None else master
+    g += weight_decay * p
+    g *= lr
+    p -= g
+    if master is not None:
+        np.copyto(params, master)
+
+
+def adamw_update(params, grads, m, v, master, lr, beta1, beta2, eps, weight_decay, grad_scale, t, seed):
+    """One AdamW step, t = step + 1 (1-based). params, grads, m, v, master: flat float32 arrays of one
+    length; master may be None (then params hold the float32 values being updated). seed: unused on CPU."""
+    f32 = np.float32
+    lr, beta1, beta2, eps = f32(lr), f32(beta1), f32(beta2), f32(eps)
+    weight_decay, grad_scale = f32(weight_decay), f32(grad_scale)
+    beta1_correction = f32(1.0) - beta1 ** f32(t)  # powf in f32, as llm.c does on the host
+    beta2_correction = f32(1.0) - beta2 ** f32(t)
+    n = params.shape[0]
+    for a in (grads, m, v) + (() if master is None else (master,)):
+        assert a.shape == (n,), "adamw_update: all buffers must be flat and of one length"
+    for start in range(0, n, _BLOCK):  # blocks of the flat buffers, each one fully vectorized
+        s = slice(start, start + _BLOCK)
+        _adamw_block(params[s], grads[s], m[s], v[s], None if master is None else master[s], lr, beta1,
+                     beta2, eps, weight_decay, grad_scale, beta1_correction, beta2_correction)

@@ -1,0 +1,73 @@
+"""Causal multi-head self-attention, llm.c's non-cuDNN path: permute, q @ k^T, causal softmax, att @ v, unpermute.
+
+Design decision: the full (B,NH,T,T) probability matrix `att` is materialized and saved for the backward,
+with exact zeros above the diagonal (llm.c never writes them and relies on the buffer's initial memset;
+here they are written as 0 every call, so a stale buffer cannot leak into the backward). q, k, v are
+permuted once into `qkvr` (3,B,NH,T,HS) so every product is a batched matmul over contiguous heads, and
+the backward reuses the caller's buffers: `scratch` for the permuted dout, `datt` for datt and then, in
+place, dpreatt. The 1/sqrt(HS) scale sits inside the softmax (exp(s * (x - max))) on unscaled q @ k^T.
+dinp is assigned (=), not accumulated: it is the gradient of the QKV matmul's output.
+"""
+import math
+
+import numpy as np
+
+# ----------------------------------------------------------------------------
+# NumPy reference
+
+
+def _view(a, shape):
+    """a reshaped to `shape` as a view; refuses to hand back a copy, which would swallow the writes."""
+    v = a.reshape(shape)
+    if not np.may_share_memory(v, a):
+        raise ValueError(f"array of shape {a.shape} and strides {a.strides} cannot be viewed as {shape}")
+    return v
+
+
+def _upper(T):
+    """(T,T) boolean mask of the future positions j > i."""
+    return np.triu(np.ones((T, T), dtype=bool), k=1)
+
+
+def attention_forward(out, qkvr, att, inp, NH):
+    """inp (B,T,3C) rows [q|k|v] -> qkvr (3,B,NH,T,HS) permuted q,k,v; att (B,NH,T,T) causal softmax
+    probabilities of q k^T / sqrt(HS) (exact 0 for j > i); out (B,T,C) = att @ v, heads concatenated."""
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    HS = C // NH
+    np.copyto(qkvr, inp.reshape(B, T, 3, NH, HS).transpose(2, 0, 3, 1, 4))
+    q, k, v = qkvr[0], qkvr[1], qkvr[2]
+    np.matmul(q, k.swapaxes(-1, -2), out=att)  # preatt, unscaled
+    att[:, :, _upper(T)] = -np.inf  # the diagonal is never masked, so every row max is finite
+    att -= att.max(axis=-1, keepdims=True)
+    att *= 1.0 / math.sqrt(HS)
+    np.exp(att, out=att)  # exp(-inf) = +0.0 exactly above the diagonal
+    att /= att.sum(axis=-1, keepdims=True)
+    y = np.matmul(att, v)  # (B,NH,T,HS)
+    np.copyto(_view(out, (B, T, NH, HS)), y.transpose(0, 2, 1, 3))
+
+
+def attention_backward(dinp, dqkvr, datt, scratch, dout, qkvr, att, NH):
+    """dout (B,T,C) -> dinp (B,T,3C) = gradient w.r.t. the forward's inp (assigned).
+
+    Buffers: scratch (B*T*C elements) receives the permuted dout (B,NH,T,HS); datt (B,NH,T,T) receives
+    dout_h @ v^T and then dpreatt; dqkvr (3,B,NH,T,HS) receives dq, dk, dv. qkvr and att as saved by the forward.
+    """
+    B, T, C = dout.shape
+    HS = C // NH
+    scale = 1.0 / math.sqrt(HS)
+    q, k, v = qkvr[0], qkvr[1], qkvr[2]
+    dq, dk, dv = dqkvr[0], dqkvr[1], dqkvr[2]
+    dy = _view(scratch, (B, NH, T, HS))
+    np.copyto(dy, dout.reshape(B, T, NH, HS).transpose(0, 2, 1, 3))
+    np.matmul(dy, v.swapaxes(-1, -2), out=datt)
+    np.matmul(att.swapaxes(-1, -2), dy, out=dv)
+    # softmax backward in place: dpreatt = s * att * (datt - sum_k att * datt), explicit 0 for j > i
+    rowdot = np.sum(att * datt, axis=-1, keepdims=True)
+    datt -= rowdot
+    datt *= att
+    datt *= scale
+    datt[:, :, _upper(T)] = 0.0  # att is 0 there already; this also turns -0.0 into +0.0
+    np.matmul(datt, k, out=dq)
+    np.matmul(datt.swapaxes(-1, -2), q, out=dk)
+    np.copyto(_view(dinp, (B, T, 3, NH, HS)), dqkvr.transpose(1, 3, 0, 2, 4))

@@ -1,0 +1,217 @@
+"""llm.c's token shards and its distributed train/val DataLoader.
+
+The non-obvious decision: a "sample" is one *global* batch of P*B*T tokens (+1 for the shifted targets),
+and each rank reads only its own contiguous B*T+1 slice of it, so ranks' slices are adjacent and overlap by
+one token. Shuffling permutes whole samples and the shard order with a Mersenne Twister per rank (seeded
+42 + rank, as llm.c), so at a given step ranks read slices of different samples, yet each rank still covers
+its slice of every sample once per epoch. The shard order is permuted *in place* on every reset, so epoch
+orders compose instead of restarting from the identity. Samples are read straight from a memory map of the open shard into the
+loader's preallocated int32 buffers; whole shards are never loaded per batch.
+"""
+import glob
+
+import numpy as np
+
+from llmc_py import LlmcError
+from llmc_py.checkpoint import LoaderState
+from llmc_py.fileio import HEADER_BYTES, check_size, read_header
+from llmc_py.rand import MT19937
+
+# model_desc -> (magic, version, token dtype). The trainer reads only "gpt-2"; the LLaMA-3 variant exists
+# so dev/data scripts can write it for interchange (llm.c's train_gpt2.cu rejects it).
+SHARD_FORMATS = {
+    "gpt-2": (20240520, 1, np.dtype("<u2")),
+    "llama-3": (20240801, 7, np.dtype("<u4")),
+}
+SHARD_SEED = 42  # the shuffle RNG of rank r is MT19937(42 + r)
+
+
+# ----------------------------------------------------------------------------
+# token shard files
+
+def read_shard_header(path):
+    """Checks a GPT-2 shard's header and exact size (spec 5.1); returns its token count."""
+    magic, version, dtype = SHARD_FORMATS["gpt-2"]
+    header, size = read_header(path, magic, (version,), what="token shard")
+    ntok = int(header[2])
+    if ntok <= 0:
+        raise LlmcError(f"{path}: empty shard: expected a token count > 0 in the header, found {ntok}")
+    check_size(path, size, HEADER_BYTES + ntok * dtype.itemsize, f"a shard of {ntok} u16 tokens")
+    return ntok
+
+
+def read_shard(path):
+    """Reads a whole GPT-2 shard with llm.c's checks; returns its tokens as uint16."""
+    ntok = read_shard_header(path)
+    dtype = SHARD_FORMATS["gpt-2"][2]
+    return np.fromfile(path, dtype=dtype, count=ntok, offset=HEADER_BYTES).astype(np.uint16)
+
+
+def _permute(a, rng):
+    """llm.c's random_permutation: Fisher-Yates from the top, j = randint32() % (i+1), n-1 draws, in place."""
+    n = len(a)
+    if n < 2:
+        return
+    draws = rng.randint32(n - 1).tolist()
+    v = a.tolist()  # list swaps: about 10x faster than element access on the array
+    for d, i in zip(draws, range(n - 1, 0, -1)):
+        j = d % (i + 1)
+        v[i], v[j] = v[j], v[i]
+    a[:] = v
+
+
+def _is_permutation(a, n):
+    return len(a) == n and np.array_equal(np.sort(np.asarray(a, dtype=np.int64)), np.arange(n))
+
+
+# ----------------------------------------------------------------------------
+# train/val loader (llm.c's DataLoader)
+
+class DataLoader:
+    """Serves (inputs, targets) int32 (B, T) batches of this rank's slice of each global sample.
+
+    Attributes the trainer reads: files, num_tokens, shard_num_samples (samples of the open shard),
+    current_shard_idx, current_sample_idx. next_batch returns the loader's own buffers, which the next
+    call overwrites (as llm.c's loader->inputs/targets): copy them to keep a batch.
+    """
+
+    def __init__(self, pattern, B, T, process_rank=0, num_processes=1, should_shuffle=False):
+        self.pattern = str(pattern)
+        self.B, self.T = int(B), int(T)
+        self.process_rank, self.num_processes = int(process_rank), int(num_processes)
+        self.should_shuffle = bool(should_shuffle)
+        self.files = sorted(glob.glob(self.pattern))  # C glob: names sorted in byte order
+        if not self.files:
+            raise LlmcError(f"{self.pattern}: no files match the data shard pattern")
+        self.sample_tokens = self.num_processes * self.B * self.T   # one global sample, P*B*T tokens
+        self.local_offset = self.process_rank * self.B * self.T      # this rank's slice inside a sample
+        self.shard_ntok = [self._check_shard(path) for path in self.files]
+        self.num_tokens = sum(self.shard_ntok)
+        self.inputs = np.zeros((self.B, self.T), dtype=np.int32)
+        self.targets = np.zeros((self.B, self.T), dtype=np.int32)
+        self._tokens = None
+        self.shard_num_samples = 0
+        self.current_shard_idx = 0
+        self.current_sample_idx = 0
+        self.shard_perm = self.sample_perm = self._rng = None
+        if self.should_shuffle:
+            self._rng = MT19937(SHARD_SEED + self.process_rank)
+            self.shard_perm = np.arange(len(self.files), dtype=np.int32)
+        self.reset()
+
+    @property
+    def num_shards(self):
+        return len(self.files)
+
+    def _check_shard(self, path):
+        ntok = read_shard_header(path)
+        need = self.sample_tokens + 1
+        if ntok < need:
+            raise LlmcError(f"{path}: shard too small: expected at least B*T*P+1 = {need} tokens "
+                            f"(B={self.B}, T={self.T}, P={self.num_processes}), found {ntok}")
+        return ntok
+
+    def _shard_path(self, shard_idx):
+        """The file at position shard_idx of the current (permuted, when shuffling) shard order."""
+        return self.files[int(self.shard_perm[shard_idx]) if self.should_shuffle else shard_idx]
+
+    def _samples_in(self, ntok):
+        return (ntok - 1) // self.sample_tokens
+
+    def _open_shard(self, shard_idx):
+        """Maps shard `shard_idx` of the (permuted) order, re-validated, and sets shard_num_samples."""
+        path = self._shard_path(shard_idx)
+        ntok = self._check_shard(path)
+        self._tokens = np.memmap(path, dtype=SHARD_FORMATS["gpt-2"][2], mode="r", offset=HEADER_BYTES, shape=(ntok,))
+        self.shard_num_samples = self._samples_in(ntok)
+
+    def _new_sample_perm(self):
+        self.sample_perm = np.arange(self.shard_num_samples, dtype=np.int32)
+        _permute(self.sample_perm, self._rng)
+
+    def reset(self):
+        """Back to shard 0, sample 0; when shuffling, permute the shard order further and the samples anew."""
+        self.current_shard_idx = 0
+        self.current_sample_idx = 0
+        if self.should_shuffle:
+            _permute(self.shard_perm, self._rng)
+        self._open_shard(0)
+        if self.should_shuffle:
+            self._new_sample_perm()
+
+    def _advance(self):
+        if self.current_shard_idx == len(self.files) - 1:
+            self.reset()  # new epoch
+            return
+        self.current_shard_idx += 1
+        self.current_sample_idx = 0
+        self._open_shard(self.current_shard_idx)
+        if self.should_shuffle:
+            self._new_sample_perm()
+
+    def next_batch(self):
+        if self.current_sample_idx >= self.shard_num_samples:
+            self._advance()
+        idx = self.current_sample_idx
+        k = int(self.sample_perm[idx]) if self.should_shuffle else idx
+        start = k * self.sample_tokens + self.local_offset
+        n = self.B * self.T
+        buf = self._tokens[start:start + n + 1]
+        np.copyto(self.inputs.reshape(-1), buf[:n])
+        np.copyto(self.targets.reshape(-1), buf[1:])
+        self.current_sample_idx += 1
+        return self.inputs, self.targets
+
+    # ------------------------------------------------------------------------
+    # checkpointing (spec 2.2 / 2.4)
+
+    def state(self):
+        """The shuffled loader's permutations and RNG for a state file; None when not shuffling."""
+        if not self.should_shuffle:
+            return None
+        return LoaderState(shard_perm=self.shard_perm.copy(), sample_perm=self.sample_perm.copy(),
+                           mt_state=self._rng.state_bytes())
+
+    def resume(self, shard_idx, sample_idx, loader_state=None):
+        """Jumps to (shard_idx, sample_idx) as saved in a state file. With a LoaderState the loader shuffles
+        (as the state says), its permutations and RNG are restored, and the shard is opened without drawing
+        a new sample permutation; without one it reads in order. Everything is checked before anything changes."""
+        shard_idx, sample_idx = int(shard_idx), int(sample_idx)
+        nshards = len(self.files)
+        if not 0 <= shard_idx < nshards:
+            raise LlmcError(f"{self.pattern}: cannot resume at shard index {shard_idx}: "
+                            f"expected 0..{nshards - 1} for the {nshards} matching shards")
+        shard_perm = sample_perm = rng = None
+        file_idx = shard_idx
+        if loader_state is not None:
+            shard_perm = np.asarray(loader_state.shard_perm, dtype=np.int32).copy()
+            sample_perm = np.asarray(loader_state.sample_perm, dtype=np.int32).copy()
+            if len(shard_perm) != nshards:
+                raise LlmcError(f"{self.pattern}: the training state was saved with {len(shard_perm)} shards, "
+                                f"the pattern now matches {nshards}")
+            if not _is_permutation(shard_perm, nshards):
+                raise LlmcError(f"{self.pattern}: the training state's shard order is not a permutation "
+                                f"of 0..{nshards - 1}")
+            file_idx = int(shard_perm[shard_idx])
+        path = self.files[file_idx]
+        num_samples = self._samples_in(self.shard_ntok[file_idx])
+        if loader_state is not None:
+            if len(sample_perm) != num_samples:
+                raise LlmcError(f"{path}: the training state was saved with {len(sample_perm)} samples per "
+                                f"process in this shard, it now holds {num_samples} (B={self.B}, T={self.T}, "
+                                f"P={self.num_processes})")
+            if not _is_permutation(sample_perm, num_samples):
+                raise LlmcError(f"{path}: the training state's sample order is not a permutation "
+                                f"of 0..{num_samples - 1}")
+            rng = MT19937.from_state_bytes(bytes(loader_state.mt_state), source=f"{self.pattern} loader state")
+        if not 0 <= sample_idx <= num_samples:
+            raise LlmcError(f"{path}: cannot resume at sample {sample_idx}: the shard holds {num_samples} "
+                            f"samples per process")
+        self.should_shuffle = loader_state is not None
+        self.shard_perm, self.sample_perm, self._rng = shard_perm, sample_perm, rng
+        self.current_shard_idx = shard_idx
+        self.current_sample_idx = sample_idx
+        self._open_shard(shard_idx)
+
+    def close(self):
+        self._tokens = None

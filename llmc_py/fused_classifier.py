@@ -1,0 +1,28 @@
+"""Fused classifier: softmax cross-entropy loss and the start of the backward in one pass over the logits.
+
+Design decision: the logits are overwritten in place with dlogits = (softmax - onehot(target)) * dloss,
+so the largest activation (B,T,Vp) never needs a second buffer; only the real V columns are read and
+written, and the padded columns V..Vp-1 are left exactly as they were. The loss is accumulated (+=) into
+the per-token buffer because gradient accumulation adds micro steps into it. As in llm.c the softmax is
+max-subtracted, the reciprocal of the sum is taken once, and the loss is -log(p_target) of that same p
+(a p_target that underflows to 0 gives an infinite loss, as in llm.c).
+"""
+import numpy as np
+
+# ----------------------------------------------------------------------------
+# NumPy reference
+
+
+def fused_classifier(logits, losses, dloss, targets, V):
+    """logits (B,T,Vp) float32, read then overwritten over [..., :V] with dlogits; losses (B,T) += -log p_target;
+    dloss: the scalar gradient seed of every token's loss (llm.c: 1/(B*T*grad_accum_steps)); targets int (B,T)."""
+    x = logits[..., :V]  # a view: every write below lands in logits
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x *= 1.0 / x.sum(axis=-1, keepdims=True)  # x now holds the probabilities p
+    idx = targets[..., None].astype(np.intp)
+    p_target = np.take_along_axis(x, idx, axis=-1)[..., 0]
+    with np.errstate(divide="ignore"):
+        losses -= np.log(p_target)
+    np.put_along_axis(x, idx, p_target[..., None] - 1.0, axis=-1)
+    x *= np.float32(dloss)

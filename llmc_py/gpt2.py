@@ -1,0 +1,340 @@
+"""GPT-2: parameters, activations, forward, backward and the AdamW update, orchestrated over the layer ops.
+
+The one decision that shapes this file: every buffer is planned up front, so a training step allocates
+nothing. Parameters and gradients are each one flat array with a view per tensor in llm.c's file order;
+the optimizer state (m, v, master) is flat over this rank's ZeRO-1 shard; activations are sized once for
+the largest (B, T) and every call takes views of them for its own (B, T). Buffers are reused the way
+llm.c reuses them: `output` is the forward scratch, then the logits, then dlogits and datt; in the
+backward residual3[L-1] becomes the (B,T,C) gradient scratch, fch[l] holds dq/dk/dv and atty[l] the
+permuted dout. Recompute (-r 1: GELU, -r 2: GELU and layernorms) trades those activations for work.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from llmc_py import LlmcError
+from llmc_py.adamw import adamw_update
+from llmc_py.attention import attention_backward, attention_forward
+from llmc_py.checkpoint import MODEL_VERSION_FP32, TrainingState, read_model, read_state, write_model, write_state
+from llmc_py.config import DECAYED, LAYERED, config_from_descriptor
+from llmc_py.encoder import encoder_backward, encoder_forward
+from llmc_py.fused_classifier import fused_classifier
+from llmc_py.gelu import gelu_forward
+from llmc_py.global_norm import global_norm_squared
+from llmc_py.layernorm import fused_residual_forward, layernorm_backward, layernorm_forward
+from llmc_py.matmul import matmul_backward, matmul_forward
+from llmc_py.rand import gpt2_random_init, random_u32
+
+# AdamW hyperparameters of llm.c's training loop (the learning rate and weight decay come from flags)
+BETA1, BETA2, EPS = 0.9, 0.95, 1e-8
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This rank's part of the optimizer state: ZeRO-1 splits every tensor (and every layer slice of the
+    layered ones) into `num_processes` equal parts; stage 0 owns everything."""
+    zero_stage: int = 0
+    process_rank: int = 0
+    num_processes: int = 1
+
+    @property
+    def parts(self):
+        return self.num_processes if self.zero_stage == 1 else 1
+
+    @property
+    def index(self):
+        return self.process_rank if self.zero_stage == 1 else 0
+
+
+class GPT2:
+    def __init__(self, config, params, recompute=1, gelu_fusion=0, use_master_weights=True,
+                 shard=Shard(), rng_seed=13371337):
+        self.config = config
+        self.recompute = recompute
+        self.gelu_fusion = gelu_fusion
+        self.use_master_weights = use_master_weights
+        self.shard = shard
+        self.params = np.ascontiguousarray(params, dtype=np.float32)
+        self.grads = np.zeros_like(self.params)
+        self.param_views = self._views(self.params)
+        self.grad_views = self._views(self.grads)
+        self.rng_state = rng_seed
+        self.rng_state_last_update = rng_seed
+        self.shard_num_parameters = self._shard_size()
+        self.m = self.v = self.master = None  # allocated at the first update or by a state load
+        self.acts = None
+        self.B = self.T = 0
+        self.mean_loss = -1.0
+
+    # ------------------------------------------------------------------
+    # construction
+
+    @classmethod
+    def from_checkpoint(cls, path, **kwargs):
+        config, params, _ = read_model(path)
+        return cls(config, params.astype(np.float32), **kwargs)
+
+    @classmethod
+    def from_descriptor(cls, descriptor, **kwargs):
+        config = config_from_descriptor(descriptor)
+        return cls(config, gpt2_random_init(config), **kwargs)
+
+    def _views(self, flat):
+        return [flat[o:o + n].reshape(s) for o, n, s in
+                zip(self.config.param_offsets(), self.config.param_sizes(), self.config.param_shapes())]
+
+    def _shard_size(self):
+        if self.config.num_parameters % self.shard.parts != 0:
+            raise LlmcError(f"ZeRO-1: {self.config.num_parameters} parameters do not split over "
+                            f"{self.shard.parts} processes")
+        return self.config.num_parameters // self.shard.parts
+
+    def write_model(self, path):
+        write_model(path, self.config, self.params, MODEL_VERSION_FP32)
+
+    # ------------------------------------------------------------------
+    # activations
+
+    def allocate(self, B, T):
+        """Plans and allocates every activation for batches up to (B, T); llm.c's table of 10.6."""
+        c = self.config
+        if T > c.max_seq_len:
+            raise LlmcError(f"-t {T}: the sequence length must be at most the model's max_seq_len {c.max_seq_len}")
+        L, C, NH, Vp = c.num_layers, c.channels, c.num_heads, c.padded_vocab_size
+        BT = B * T
+        r = self.recompute
+        sizes = dict(
+            encoded=BT * C, ln1=0 if r >= 2 else L * BT * C, ln1_mean=L * BT, ln1_rstd=L * BT,
+            atty=L * BT * C, att=L * B * NH * T * T, residual2=L * BT * C, ln2=0 if r >= 2 else L * BT * C,
+            ln2_mean=L * BT, ln2_rstd=L * BT, fch=L * BT * 4 * C, fch_gelu=(L if r == 0 else 1) * BT * 4 * C,
+            residual3=L * BT * C, lnf=BT * C, lnf_mean=BT, lnf_rstd=BT, losses=BT, qkvr=L * BT * 3 * C,
+            output=BT * max(3 * C, NH * T, Vp), scratch_bt4c=BT * 4 * C, scratch_btc=BT * C)
+        self.acts = {name: np.zeros(n, dtype=np.float32) for name, n in sizes.items()}
+        self.B, self.T = B, T
+        return sizes
+
+    def _layer(self, name, layer, *shape):
+        """View of layer `layer` of a per-layer activation, shaped for the current call."""
+        n = math.prod(shape)
+        return self.acts[name][layer * n:(layer + 1) * n].reshape(shape)
+
+    def _act(self, name, *shape):
+        return self.acts[name][:math.prod(shape)].reshape(shape)
+
+    def _ln_out(self, name, layer, B, T):
+        """ln1[l] / ln2[l], or with -r 2 the one shared layernorm output buffer (lnf)."""
+        C = self.config.channels
+        return self._act("lnf", B, T, C) if self.recompute >= 2 else self._layer(name, layer, B, T, C)
+
+    def _fch_gelu(self, layer, B, T):
+        C4 = 4 * self.config.channels
+        return self._layer("fch_gelu", layer if self.recompute == 0 else 0, B, T, C4)
+
+    # ------------------------------------------------------------------
+    # forward
+
+    def forward(self, inputs):
+        """inputs int32 (B, T) with B, T up to the allocated sizes; logits land in the `output` buffer."""
+        c = self.config
+        B, T = inputs.shape
+        if self.acts is None or B > self.B or T > self.T:
+            raise LlmcError(f"forward: batch ({B}, {T}) exceeds the allocated ({self.B}, {self.T})")
+        if inputs.min() < 0 or inputs.max() >= c.vocab_size:
+            raise LlmcError(f"forward: token ids must lie in [0, {c.vocab_size}), found "
+                            f"{int(inputs.min())}..{int(inputs.max())}")
+        L, C, NH = c.num_layers, c.channels, c.num_heads
+        p = self.param_views
+        encoded = self._act("encoded", B, T, C)
+        encoder_forward(encoded, inputs, p[0], p[1])
+        layernorm_forward(self._ln_out("ln1", 0, B, T), self._layer("ln1_mean", 0, B, T),
+                          self._layer("ln1_rstd", 0, B, T), encoded, p[2][0], p[3][0])
+        for l in range(L):
+            residual = encoded if l == 0 else self._layer("residual3", l - 1, B, T, C)
+            ln1 = self._ln_out("ln1", l, B, T)
+            qkv = self._act("output", B, T, 3 * C)
+            matmul_forward(qkv, ln1, p[4][l], p[5][l])
+            atty = self._layer("atty", l, B, T, C)
+            attention_forward(atty, self._layer("qkvr", l, 3, B, NH, T, C // NH),
+                              self._layer("att", l, B, NH, T, T), qkv, NH)
+            proj = self._act("output", B, T, C)
+            matmul_forward(proj, atty, p[6][l], p[7][l])
+            residual2 = self._layer("residual2", l, B, T, C)
+            ln2 = self._ln_out("ln2", l, B, T)
+            fused_residual_forward(residual2, ln2, self._layer("ln2_mean", l, B, T),
+                                   self._layer("ln2_rstd", l, B, T), residual, proj, p[8][l], p[9][l])
+            fch, fch_gelu = self._layer("fch", l, B, T, 4 * C), self._fch_gelu(l, B, T)
+            if self.gelu_fusion >= 1:
+                matmul_forward(fch_gelu, ln2, p[10][l], p[11][l], pre_gelu=fch)
+            else:
+                matmul_forward(fch, ln2, p[10][l], p[11][l])
+                gelu_forward(fch_gelu, fch)
+            matmul_forward(proj, fch_gelu, p[12][l], p[13][l])
+            if l + 1 < L:
+                out, mean, rstd = (self._ln_out("ln1", l + 1, B, T), self._layer("ln1_mean", l + 1, B, T),
+                                   self._layer("ln1_rstd", l + 1, B, T))
+                weight, bias = p[2][l + 1], p[3][l + 1]
+            else:
+                out, mean, rstd = self._act("lnf", B, T, C), self._act("lnf_mean", B, T), self._act("lnf_rstd", B, T)
+                weight, bias = p[14], p[15]
+            fused_residual_forward(self._layer("residual3", l, B, T, C), out, mean, rstd,
+                                   residual2, proj, weight, bias)
+        logits = self._act("output", B, T, c.padded_vocab_size)
+        matmul_forward(logits, self._act("lnf", B, T, C), p[0])
+        return logits
+
+    def validate(self, inputs, targets):
+        """Mean loss of one batch; like llm.c the logits are overwritten with dlogits on the way."""
+        B, T = inputs.shape
+        self.forward(inputs)
+        losses = self._act("losses", B, T)
+        losses.fill(0.0)
+        fused_classifier(self._act("output", B, T, self.config.padded_vocab_size), losses, 1.0 / (B * T),
+                         targets, self.config.vocab_size)
+        return float(np.float32(losses.sum(dtype=np.float32)) / np.float32(B * T))
+
+    # ------------------------------------------------------------------
+    # backward
+
+    def backward(self, inputs, targets, grad_accum_steps, micro_step):
+        """Classifier + backward of the batch forwarded last; grads accumulate over micro steps, and on
+        the last one `mean_loss` becomes the mean loss of the whole accumulated batch."""
+        c = self.config
+        B, T = inputs.shape
+        L, C, NH, Vp = c.num_layers, c.channels, c.num_heads, c.padded_vocab_size
+        p, g = self.param_views, self.grad_views
+        losses = self._act("losses", B, T)
+        if micro_step == 0:
+            self.grads.fill(0.0)
+            losses.fill(0.0)
+        dlogits = self._act("output", B, T, Vp)
+        fused_classifier(dlogits, losses, 1.0 / (B * T * grad_accum_steps), targets, c.vocab_size)
+
+        dresidual = self._act("scratch_btc", B, T, C)
+        dresidual.fill(0.0)
+        dlnf = self._act("scratch_bt4c", B, T, C)
+        matmul_backward(dlnf, g[0], None, dlogits, self._act("lnf", B, T, C), p[0])
+        layernorm_backward(dresidual, g[14], g[15], dlnf, self._layer("residual3", L - 1, B, T, C), p[14],
+                           self._act("lnf_mean", B, T), self._act("lnf_rstd", B, T))
+        dl_btc = self._layer("residual3", L - 1, B, T, C)
+        for l in reversed(range(L)):
+            residual = self._act("encoded", B, T, C) if l == 0 else self._layer("residual3", l - 1, B, T, C)
+            residual2 = self._layer("residual2", l, B, T, C)
+            fch, fch_gelu = self._layer("fch", l, B, T, 4 * C), self._fch_gelu(l, B, T)
+            ln1_mean, ln1_rstd = self._layer("ln1_mean", l, B, T), self._layer("ln1_rstd", l, B, T)
+            ln2_mean, ln2_rstd = self._layer("ln2_mean", l, B, T), self._layer("ln2_rstd", l, B, T)
+            if self.recompute >= 1:
+                gelu_forward(fch_gelu, fch)
+            dl_bt4c = self._act("scratch_bt4c", B, T, 4 * C)
+            matmul_backward(dl_bt4c, g[12][l], g[13][l], dresidual, fch_gelu, p[12][l], pre_gelu=fch)
+            ln2 = self._ln_out("ln2", l, B, T)
+            if self.recompute >= 2:
+                layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p[8][l], p[9][l])
+            matmul_backward(dl_btc, g[10][l], g[11][l], dl_bt4c, ln2, p[10][l])
+            layernorm_backward(dresidual, g[8][l], g[9][l], dl_btc, residual2, p[8][l], ln2_mean, ln2_rstd)
+            atty = self._layer("atty", l, B, T, C)
+            matmul_backward(dl_btc, g[6][l], g[7][l], dresidual, atty, p[6][l])
+            dqkv = self._act("scratch_bt4c", B, T, 3 * C)
+            dqkvr = self._layer("fch", l, B * T * 4 * C)[:3 * B * T * C].reshape(3, B, NH, T, C // NH)
+            attention_backward(dqkv, dqkvr, self._act("output", B, NH, T, T),
+                               atty, dl_btc, self._layer("qkvr", l, 3, B, NH, T, C // NH),
+                               self._layer("att", l, B, NH, T, T), NH)
+            ln1 = self._ln_out("ln1", l, B, T)
+            if self.recompute >= 2:
+                layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, p[2][l], p[3][l])
+            matmul_backward(dl_btc, g[4][l], g[5][l], dqkv, ln1, p[4][l])
+            layernorm_backward(dresidual, g[2][l], g[3][l], dl_btc, residual, p[2][l], ln1_mean, ln1_rstd)
+        # the encoder backward's stochastic-rounding seed: drawn on every device so the rng stream matches
+        _, self.rng_state = random_u32(self.rng_state)
+        encoder_backward(g[0], g[1], dresidual, inputs)
+        if micro_step == grad_accum_steps - 1:
+            self.mean_loss = float(losses.sum(dtype=np.float32)) / (B * T * grad_accum_steps)
+
+    # ------------------------------------------------------------------
+    # optimizer
+
+    def shard_slices(self):
+        """For each tensor i and layer slice: (i, slice of the full buffer, slice of the shard buffers)."""
+        parts, index = self.shard.parts, self.shard.index
+        L = self.config.num_layers
+        out = []
+        for i, (offset, size) in enumerate(zip(self.config.param_offsets(), self.config.param_sizes())):
+            num_slices = L if i in LAYERED else 1
+            n = size // num_slices
+            if n % parts != 0:
+                raise LlmcError(f"ZeRO-1: tensor {i} slices of {n} elements do not split over {parts} processes")
+            own = n // parts
+            for layer in range(num_slices):
+                start = offset + layer * n + index * own
+                shard_start = offset // parts + layer * own
+                out.append((i, slice(start, start + own), slice(shard_start, shard_start + own)))
+        return out
+
+    def grad_norm_squared(self):
+        """Sum of squares of the gradients this rank owns (all of them unless ZeRO-1)."""
+        acc = np.zeros(1, dtype=np.float32)
+        if self.shard.parts == 1:
+            global_norm_squared(acc, self.grads)
+        else:
+            for _, full, _ in self.shard_slices():
+                global_norm_squared(acc, self.grads[full])
+        return float(acc[0])
+
+    def update(self, learning_rate, weight_decay, grad_scale, t):
+        """AdamW on this rank's shard; t = step + 1. The first update creates m, v (zeros) and master."""
+        if self.m is None:
+            self.m = np.zeros(self.shard_num_parameters, dtype=np.float32)
+            self.v = np.zeros(self.shard_num_parameters, dtype=np.float32)
+            if self.use_master_weights:
+                self.master = np.empty(self.shard_num_parameters, dtype=np.float32)
+                for _, full, own in self.shard_slices():
+                    self.master[own] = self.params[full]
+        self.rng_state_last_update = self.rng_state
+        seeds = self._draw_seeds()
+        for i, full, own in self.shard_slices():
+            adamw_update(self.params[full], self.grads[full], self.m[own], self.v[own],
+                         None if self.master is None else self.master[own], learning_rate, BETA1, BETA2, EPS,
+                         weight_decay if i in DECAYED else 0.0, grad_scale, t, seeds[i])
+
+    def _draw_seeds(self):
+        seeds = []
+        for _ in range(len(self.param_views)):
+            seed, self.rng_state = random_u32(self.rng_state)
+            seeds.append(seed)
+        return seeds
+
+    # ------------------------------------------------------------------
+    # training state files
+
+    def write_state(self, path, step, loader):
+        if self.m is None:
+            raise LlmcError(f"{path}: no optimizer state to save before the first update")
+        loader_state = loader.state()
+        write_state(path, TrainingState(
+            num_processes=self.shard.num_processes, process_rank=self.shard.process_rank, step=step,
+            rng_state=self.rng_state, rng_state_last_update=self.rng_state_last_update,
+            shard_idx=loader.current_shard_idx, sample_idx=loader.current_sample_idx,
+            m=self.m, v=self.v, master=self.master, loader=loader_state))
+
+    def load_state(self, path, loader):
+        """Restores optimizer, rng and loader position; returns the step the state was written at."""
+        state = read_state(path, self.shard_num_parameters)
+        if state.num_processes != self.shard.num_processes or state.process_rank != self.shard.process_rank:
+            raise LlmcError(f"{path}: written by rank {state.process_rank} of {state.num_processes} processes, "
+                            f"cannot resume as rank {self.shard.process_rank} of {self.shard.num_processes}")
+        if self.use_master_weights and state.master is None:
+            raise LlmcError(f"{path}: has no master weights but the run uses them (-w 1); resume with -w 0")
+        self.m, self.v = state.m, state.v
+        if self.use_master_weights:
+            self.master = state.master
+            # re-derive the params from the master copy consuming the seeds the last update drew, so
+            # the (stochastically rounded, on GPU) params are exactly those the last update produced
+            self.rng_state = state.rng_state_last_update
+            self._draw_seeds()
+            for _, full, own in self.shard_slices():
+                self.params[full] = self.master[own]
+        self.rng_state = state.rng_state
+        self.rng_state_last_update = state.rng_state_last_update
+        loader.resume(state.shard_idx, state.sample_idx, state.loader)
+        return state.step
+

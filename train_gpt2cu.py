@@ -1,0 +1,397 @@
+"""GPT-2 training with llm.c's flags, step line, log file and checkpoints.
+
+    python train_gpt2cu.py -b 4 -t 1024                     # GPU (CUDA backend)
+    python train_gpt2cu.py --device cpu -b 4 -t 64 -e gpt2_d12.bin -x 40
+
+Reads top to bottom as the algorithm: parse flags, build the model and loaders, then the loop
+{val loss, sample, checkpoint, train step}. Flags follow llm.c's rules exactly (pairs of `-x value`, one
+or two letters after the dash); `--device` and `--precision` are this program's own additions.
+"""
+import glob
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from llmc_py import LlmcError
+from llmc_py.checkpoint import read_model_header
+from llmc_py.dataloader import DataLoader
+from llmc_py.gpt2 import GPT2, Shard
+from llmc_py.logger import Logger
+from llmc_py.mfu import estimate_mfu, format_mfu
+from llmc_py.outlier_detector import OutlierDetector
+from llmc_py.rand import random_f32
+from llmc_py.sampler import SAMPLE_RNG_SEED, sample_softmax
+from llmc_py.schedulers import LearningRateScheduler
+from llmc_py.tokenizer import Tokenizer
+
+# flag -> (option name, type, default), in llm.c's order
+FLAGS = {
+    "-i": ("train_data_pattern", str, "dev/data/tinyshakespeare/tiny_shakespeare_train.bin"),
+    "-j": ("val_data_pattern", str, "dev/data/tinyshakespeare/tiny_shakespeare_val.bin"),
+    "-e": ("load_filename", str, "gpt2_124M_bf16.bin"),
+    "-o": ("output_log_dir", str, None),
+    "-lg": ("log_gpu_every", int, -1),
+    "-n": ("checkpoint_every", int, 0),
+    "-nk": ("checkpoints_keep", int, 0),
+    "-nm": ("major_checkpoint_every", int, 0),
+    "-y": ("resume", int, 0),
+    "-b": ("B", int, 4),
+    "-t": ("T", int, 1024),
+    "-d": ("total_batch_size", int, -1),
+    "-x": ("max_steps", int, -1),
+    "-k": ("lr_scheduler_type", str, "cosine"),
+    "-l": ("learning_rate", float, 3e-4),
+    "-u": ("warmup_iterations", int, 0),
+    "-q": ("final_learning_rate_frac", float, 1.0),
+    "-c": ("weight_decay", float, 0.0),
+    "-sl": ("skip_update_lossz", float, 0.0),
+    "-sg": ("skip_update_gradz", float, 0.0),
+    "-v": ("val_loss_every", int, 20),
+    "-m": ("val_max_steps", int, 20),
+    "-s": ("sample_every", int, 20),
+    "-g": ("genT", int, 64),
+    "-h": ("hellaswag_eval", int, 0),
+    "-a": ("overfit_single_batch", int, 0),
+    "-f": ("override_enable_tf32", int, 1),
+    "-w": ("use_master_weights", int, 1),
+    "-ge": ("gelu_fusion", int, -1),
+    "-z": ("zero_stage", int, 0),
+    "-r": ("recompute", int, 1),
+    "-pn": ("num_processes", int, 1),
+    "-pr": ("process_rank", int, 0),
+    "-pg": ("gpus_per_node", int, 8),
+    "-pi": ("nccl_init_method", str, "mpi"),
+    "-ps": ("server_ip", str, ""),
+    "-pf": ("fs_path", str, ""),
+}
+# letters whose unrecognized three-character forms still select the letter's flag, as in llm.c
+CATCH_ALL = set("ijeoybtducqxvmafwzrhkg")
+LONG_OPTIONS = {"--device": ("device", ("cuda", "cpu")), "--precision": ("precision", ("bf16", "fp32"))}
+HELLASWAG_PATH = "dev/data/hellaswag/hellaswag_val.bin"
+TOKENIZER_PATH = "gpt2_tokenizer.bin"
+
+USAGE = """Usage:   python train_gpt2cu.py [options]
+Options:
+  -i <string> train data filename pattern (default = dev/data/tinyshakespeare/tiny_shakespeare_train.bin)
+  -j <string> val data filename pattern (default = dev/data/tinyshakespeare/tiny_shakespeare_val.bin)
+  -e <string> input .bin filename or descriptor, see code comments as to how they are used (default = gpt2_124M_bf16.bin)
+  -o <string> output log dir (default = NULL, no logging)
+  -lg <int>   log gpu info every x steps (default = -1; disabled)
+  -n <int>    write optimization checkpoints every how many steps? (default 0, don't)
+  -nk <int>   max number of checkpoints to keep in the directory, removing old ones (0 = disable, default)
+  -nm <int>   every how many step checkpoints are considered major? major checkpoints never get deleted.
+  -y <int>    resume optimization found inside output log dir? (0=restart/overwrite, 1=resume/append)
+  -b <int>    (per-GPU, micro) batch size B (default = 4)
+  -t <int>    sequence length T (default = 1024)
+  -d <int>    desired total batch size (default = B * T * num_processes, i.e. no grad accumulation
+  -x <int>    max_steps of optimization to run (-1 (default) = disable, run 1 epoch)
+  -k <string> learning rate scheduler (default = cosine)
+  -l <float>  learning rate (default = 3e-4f)
+  -u <int>    learning rate warmup iterations (default = 0, no warmup)
+  -q <float>  learning rate decay: final fraction, at end of training (default = 1.0 (no decay))
+  -c <float>  weight decay (default = 0.0f)
+  -sl <float> outlier stability: skip update if loss goes above this in zscore (0.0f=off)
+  -sg <float> outlier stability: skip update if grad_norm goes above this in zscore (0.0f=off)
+  -v <int>    val_loss_every, how often we evaluate val loss (default = 20)
+  -m <int>    val_max_steps, up to how many val batches to estimate val loss? (default = 20)
+  -s <int>    sample_every, how often we inference the model (default = 20)
+  -g <int>    genT, how many steps of inference we do (default = 64)
+  -h <int>    hellaswag eval run? (default = 0)
+  -a <int>    overfit a single batch? 0/1. useful for debugging
+  -f <int>    enable_tf32 override (default: 1, set to 0 to disable tf32)
+  -w <int>    keep f32 copy of weights for the optimizer? (default: 1)
+  -ge <int>   gelu fusion: 0=none, 1=forward, 2=forward+backward (default: 0)
+  -z <int>    zero_stage, Zero Optimization Stage, 0,1,2,3 (default = 0)
+  -r <int>    recompute: less memory but less speed. (default = 1), 0|1|2 = none,gelu,gelu+ln
+  -pn <int>   num_processes (default = 1)
+  -pr <int>   process_rank (default = 0)
+  -pg <int>   gpus_per_node (default = 8)
+  -pi <string> NCCL init method: tcp, fs, mpi (default = mpi)
+  -ps <string> server ip address (default = "")
+  -pf <string> shared folder path for fs init (default = "")
+  --device <cuda|cpu>   where to run (default = cuda)
+  --precision <bf16|fp32> (default = bf16 on cuda; cpu runs fp32 only)"""
+
+
+class UsageError(Exception):
+    """A malformed or unknown flag: print the usage and exit 1, as llm.c does."""
+
+
+def parse_args(argv):
+    opts = {name: default for name, _, default in FLAGS.values()}
+    opts.update(device="cuda", precision=None)
+    i = 0
+    while i < len(argv):
+        flag = argv[i]
+        if i + 1 >= len(argv):
+            raise UsageError(f"{flag}: missing value")
+        value = argv[i + 1]
+        i += 2
+        if flag in LONG_OPTIONS:
+            name, choices = LONG_OPTIONS[flag]
+            if value not in choices:
+                raise LlmcError(f"{flag} {value}: expected one of {', '.join(choices)}")
+            opts[name] = value
+            continue
+        if not flag.startswith("-") or len(flag) not in (2, 3):
+            raise UsageError(f"{flag}: flags are a dash and one or two letters")
+        key = flag if flag in FLAGS else flag[:2] if flag[1] in CATCH_ALL else None
+        if key is None:
+            raise UsageError(f"{flag}: unknown flag")
+        name, kind, _ = FLAGS[key]
+        try:
+            opts[name] = kind(value)
+        except ValueError:
+            raise LlmcError(f"{flag} {value}: expected {'an integer' if kind is int else 'a number'}") from None
+    if opts["precision"] is None:
+        opts["precision"] = "bf16" if opts["device"] == "cuda" else "fp32"
+    return opts
+
+
+def check_options(o):
+    if o["device"] == "cpu" and o["precision"] != "fp32":
+        raise LlmcError(f"--precision {o['precision']}: --device cpu runs fp32 only")
+    if o["device"] == "cuda":
+        raise LlmcError("--device cuda: the CUDA backend is not available in this version; use --device cpu")
+    if o["num_processes"] != 1:
+        raise LlmcError(f"-pn {o['num_processes']}: multi-process training is not available in this version")
+    for flag, name, low in (("-b", "B", 1), ("-t", "T", 1), ("-v", "val_loss_every", 1), ("-u", "warmup_iterations", 0),
+                            ("-r", "recompute", 0), ("-nk", "checkpoints_keep", 0), ("-nm", "major_checkpoint_every", 0)):
+        if o[name] < low:
+            raise LlmcError(f"{flag} {o[name]}: expected an integer >= {low}")
+    if o["recompute"] > 2:
+        raise LlmcError(f"-r {o['recompute']}: expected 0, 1 or 2")
+    if o["gelu_fusion"] not in (-1, 0, 1, 2):
+        raise LlmcError(f"-ge {o['gelu_fusion']}: expected 0, 1 or 2")
+    if o["resume"] == 1 and not o["output_log_dir"]:
+        raise LlmcError("-y 1: resuming needs the output dir -o that holds the checkpoints")
+    if o["output_log_dir"] and len(o["output_log_dir"]) >= 400:
+        raise LlmcError("-o: the output dir path must be shorter than 400 characters")
+    if o["hellaswag_eval"] and os.path.exists(HELLASWAG_PATH):
+        raise LlmcError("-h 1: HellaSwag evaluation is not available in this version")
+    if o["genT"] < 1 and o["sample_every"] > 0:
+        raise LlmcError(f"-g {o['genT']}: the sample length must be at least 1")
+
+
+def print_table(rows):
+    print("+-----------------------+----------------------------------------------------+")
+    print("| Parameter             | Value                                              |")
+    print("+-----------------------+----------------------------------------------------+")
+    for name, value in rows:
+        print(f"| {name:<21} | {value!s:<50} |")
+    print("+-----------------------+----------------------------------------------------+")
+
+
+def latest_checkpoint_step(output_dir):
+    steps = [int(name[len("DONE_"):]) for name in os.listdir(output_dir)
+             if name.startswith("DONE_") and name[len("DONE_"):].isdigit()]
+    return max(steps) if steps else -1
+
+
+def checkpoint_paths(output_dir, step, rank):
+    return (os.path.join(output_dir, f"model_{step:08d}.bin"),
+            os.path.join(output_dir, f"state_{step:08d}_{rank:05d}.bin"),
+            os.path.join(output_dir, f"DONE_{step:08d}"))
+
+
+def save_checkpoint(model, loader, output_dir, step, rank):
+    model_path, state_path, done_path = checkpoint_paths(output_dir, step, rank)
+    if rank == 0:
+        model.write_model(model_path)
+    model.write_state(state_path, step, loader)
+    if rank == 0:
+        open(done_path, "w").close()
+
+
+def prune_checkpoint(output_dir, step, rank, keep, every, major_every):
+    """After writing at `step`, delete the checkpoint keep*every steps older unless it is major."""
+    old = step - keep * every
+    if keep > 0 and old > 0 and (major_every == 0 or old % major_every != 0):
+        model_path, state_path, done_path = checkpoint_paths(output_dir, old, rank)
+        for path in ((model_path, done_path, state_path) if rank == 0 else (state_path,)):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def evaluate_val_loss(model, val_loader, num_batches):
+    val_loader.reset()
+    total = 0.0
+    for _ in range(num_batches):
+        inputs, targets = val_loader.next_batch()
+        total += model.validate(inputs, targets)
+    return total / num_batches
+
+
+def sample(model, tokenizer, genT, T, eot):
+    """llm.c's sampling: EOT prompt, no KV cache, fixed coin sequence from seed 1337, printed as it goes."""
+    V = model.config.vocab_size
+    tokens = np.full((1, max(genT, 1)), eot, dtype=np.int32)
+    rng = SAMPLE_RNG_SEED
+    chunk = min(T, 256)
+    print("generating:\n---")
+    for t in range(1, genT):
+        length = min(math.ceil(t / chunk) * chunk, T)
+        window = np.full((1, length), eot, dtype=np.int32)
+        window[0, :min(t, length)] = tokens[0, :min(t, length)]
+        logits = model.forward(window)
+        coin, rng = random_f32(rng)
+        token = sample_softmax(logits[0, t - 1, :V], coin)
+        tokens[0, t] = token
+        if tokenizer is not None:
+            sys.stdout.buffer.write(tokenizer.safe_bytes(token))
+        else:
+            sys.stdout.write(f"{token} ")
+        sys.stdout.flush()
+    print("\n---")
+
+
+def main(argv):
+    try:
+        o = parse_args(argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(USAGE)
+        return 1
+    check_options(o)
+    rank, num_processes = o["process_rank"], o["num_processes"]
+    B, T = o["B"], o["T"]
+    tokens_per_fwdbwd = B * T * num_processes
+    total_batch_size = tokens_per_fwdbwd if o["total_batch_size"] == -1 else o["total_batch_size"]
+    if total_batch_size <= 0 or total_batch_size % tokens_per_fwdbwd != 0:
+        raise LlmcError(f"-d {total_batch_size}: the total batch size must be a positive multiple of "
+                        f"B*T*processes = {tokens_per_fwdbwd}")
+    grad_accum_steps = total_batch_size // tokens_per_fwdbwd
+    gelu_fusion = max(o["gelu_fusion"], 0)
+    train_pattern = o["val_data_pattern"] if o["overfit_single_batch"] else o["train_data_pattern"]
+    output_dir = o["output_log_dir"]
+
+    print_table([
+        ("train data pattern", train_pattern), ("val data pattern", o["val_data_pattern"]),
+        ("output log dir", output_dir or "NULL"), ("checkpoint_every", o["checkpoint_every"]),
+        ("resume", o["resume"]), ("micro batch size B", B), ("sequence length T", T),
+        ("total batch size", total_batch_size), ("LR scheduler", o["lr_scheduler_type"]),
+        ("learning rate (LR)", f"{o['learning_rate']:e}"), ("warmup iterations", o["warmup_iterations"]),
+        ("final LR fraction", f"{o['final_learning_rate_frac']:e}"), ("weight decay", f"{o['weight_decay']:e}"),
+        ("skip update lossz", f"{o['skip_update_lossz']:f}"), ("skip update gradz", f"{o['skip_update_gradz']:f}"),
+        ("max_steps", o["max_steps"]), ("val_loss_every", o["val_loss_every"]),
+        ("val_max_steps", o["val_max_steps"]), ("sample_every", o["sample_every"]), ("genT", o["genT"]),
+        ("overfit_single_batch", o["overfit_single_batch"]), ("use_master_weights", o["use_master_weights"]),
+        ("gelu_fusion", gelu_fusion), ("recompute", o["recompute"]),
+        ("device", "cpu (NumPy reference)"), ("peak TFlops", "n/a"), ("precision", o["precision"].upper())])
+
+    # resume: the newest complete (DONE_) checkpoint in the output dir, if any
+    resume_step = -1
+    if o["resume"] and os.path.isdir(output_dir):
+        resume_step = latest_checkpoint_step(output_dir)
+    if output_dir and rank == 0:
+        os.makedirs(output_dir, mode=0o700, exist_ok=True)
+    model_kwargs = dict(recompute=o["recompute"], gelu_fusion=gelu_fusion,
+                        use_master_weights=bool(o["use_master_weights"]),
+                        shard=Shard(o["zero_stage"], rank, num_processes), rng_seed=13371337 + rank)
+    if resume_step >= 0:
+        model = GPT2.from_checkpoint(checkpoint_paths(output_dir, resume_step, rank)[0], **model_kwargs)
+    elif o["load_filename"].endswith(".bin"):
+        model = GPT2.from_checkpoint(o["load_filename"], **model_kwargs)
+    else:
+        model = GPT2.from_descriptor(o["load_filename"], **model_kwargs)
+    c = model.config
+    if T > c.max_seq_len:
+        raise LlmcError(f"-t {T}: the sequence length must be at most the model's max_seq_len {c.max_seq_len}")
+    if T < c.max_seq_len:
+        print(f"!!!!!!!!\nWARNING: sequence length T={T} is less than the model's max_seq_len={c.max_seq_len}\n!!!!!!!!")
+    print_table([("max_sequence_length T", c.max_seq_len), ("vocab_size V", c.vocab_size),
+                 ("padded_vocab_size Vp", c.padded_vocab_size), ("num_layers L", c.num_layers),
+                 ("num_heads NH", c.num_heads), ("channels C", c.channels), ("num_parameters", c.num_parameters)])
+
+    train_loader = DataLoader(train_pattern, B, T, rank, num_processes, should_shuffle=not o["overfit_single_batch"])
+    val_loader = DataLoader(o["val_data_pattern"], B, T, rank, num_processes, should_shuffle=False)
+    train_num_batches = o["max_steps"] if o["max_steps"] != -1 else train_loader.num_tokens // total_batch_size
+    val_num_batches = o["val_max_steps"] if o["val_max_steps"] != -1 else val_loader.num_tokens // tokens_per_fwdbwd
+    if train_num_batches <= 0:
+        raise LlmcError(f"-x: no training steps to run (train data has {train_loader.num_tokens} tokens, "
+                        f"total batch {total_batch_size})")
+    if val_num_batches <= 0:
+        raise LlmcError(f"-m {o['val_max_steps']}: expected at least one val batch")
+    print_table([("train_num_batches", train_num_batches), ("val_num_batches", val_num_batches)])
+    print(f"batch size: {B * T} tokens per micro step, {grad_accum_steps} accumulation steps, "
+          f"{total_batch_size} tokens per step")
+
+    logger = Logger(output_dir, rank, resume=bool(o["resume"]))
+    tokenizer = Tokenizer.load_optional(TOKENIZER_PATH)
+    eot = tokenizer.eot_token if tokenizer is not None else c.vocab_size - 1
+    scheduler = LearningRateScheduler(o["lr_scheduler_type"], o["learning_rate"], o["warmup_iterations"],
+                                      train_num_batches, o["final_learning_rate_frac"])
+    sizes = model.allocate(B, T)
+    print(f"allocated {sum(sizes.values()) * 4 // (1 << 20)} MiB for activations, "
+          f"{model.grads.nbytes >> 20} MiB for parameter gradients")
+    start_step = 0
+    if resume_step >= 0:
+        start_step = model.load_state(checkpoint_paths(output_dir, resume_step, rank)[1], train_loader)
+        print(f"resumed from step {start_step} of {output_dir}")
+    loss_outliers, norm_outliers = OutlierDetector(), OutlierDetector()
+
+    total_time_ms, ema_tokens_per_second = 0.0, 0.0
+    tokens_per_step = total_batch_size
+    for step in range(start_step, train_num_batches + 1):
+        last = step == train_num_batches
+        if step % o["val_loss_every"] == 0 or last:
+            val_loss = evaluate_val_loss(model, val_loader, val_num_batches)
+            print(f"val loss {val_loss:f}")
+            logger.log_val(step, val_loss)
+        if rank == 0 and o["sample_every"] > 0 and ((step > 0 and step % o["sample_every"] == 0) or last):
+            sample(model, tokenizer, o["genT"], T, eot)
+        if (o["checkpoint_every"] > 0 and output_dir and step != start_step or
+                (o["checkpoint_every"] > 0 and output_dir and resume_step < 0 and step == 0 and last)):
+            if (step > 0 and step % o["checkpoint_every"] == 0) or last:
+                save_checkpoint(model, train_loader, output_dir, step, rank)
+                prune_checkpoint(output_dir, step, rank, o["checkpoints_keep"], o["checkpoint_every"],
+                                 o["major_checkpoint_every"])
+        if last:
+            break
+
+        t0 = time.perf_counter()
+        if o["overfit_single_batch"]:
+            train_loader.reset()
+        for micro_step in range(grad_accum_steps):
+            inputs, targets = train_loader.next_batch()
+            model.forward(inputs)
+            model.backward(inputs, targets, grad_accum_steps, micro_step)
+        zloss = loss_outliers.update(model.mean_loss)
+        lr = scheduler.get(step)
+        grad_norm = math.sqrt(model.grad_norm_squared())
+        zgrad = norm_outliers.update(grad_norm)
+        if math.isfinite(zloss) and o["skip_update_lossz"] != 0 and zloss > o["skip_update_lossz"]:
+            print(f"skipping update due to loss z-score of {zloss:f}")
+        elif math.isfinite(zgrad) and o["skip_update_gradz"] != 0 and zgrad > o["skip_update_gradz"]:
+            print(f"skipping update due to grad z-score of {zgrad:f}")
+        else:
+            grad_scale = 1.0 / grad_norm if grad_norm > 1.0 else 1.0
+            model.update(lr, o["weight_decay"], grad_scale, step + 1)
+        ms = (time.perf_counter() - t0) * 1000.0
+        if step > start_step:
+            total_time_ms += ms
+        tokens_per_second = tokens_per_step / ms * 1000.0
+        bias_corrected = tokens_per_second
+        if step > 0:
+            ema_tokens_per_second = 0.95 * ema_tokens_per_second + 0.05 * tokens_per_second
+            bias_corrected = ema_tokens_per_second / (1.0 - 0.95 ** step)
+        mfu = estimate_mfu(c.num_parameters, c.num_layers, c.channels, T, tokens_per_step, ms / 1000.0, -1.0)
+        print(f"step {step + 1:4d}/{train_num_batches} | loss {model.mean_loss:7.6f} ({zloss:+.2f}z)| "
+              f"norm {grad_norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {ms:.2f} ms | {format_mfu(mfu)} | "
+              f"{bias_corrected:.0f} tok/s", flush=True)
+        logger.log_train(step, model.mean_loss, lr, grad_norm)
+
+    if train_num_batches - start_step > 1:
+        print(f"total average iteration time: {total_time_ms / (train_num_batches - 1):f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except LlmcError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
