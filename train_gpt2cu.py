@@ -343,12 +343,12 @@ def main(argv):
             logger.log_val(step, val_loss)
         if rank == 0 and o["sample_every"] > 0 and ((step > 0 and step % o["sample_every"] == 0) or last):
             sample(model, tokenizer, o["genT"], T, eot)
-        if (o["checkpoint_every"] > 0 and output_dir and step != start_step or
-                (o["checkpoint_every"] > 0 and output_dir and resume_step < 0 and step == 0 and last)):
-            if (step > 0 and step % o["checkpoint_every"] == 0) or last:
-                save_checkpoint(model, train_loader, output_dir, step, rank)
-                prune_checkpoint(output_dir, step, rank, o["checkpoints_keep"], o["checkpoint_every"],
-                                 o["major_checkpoint_every"])
+        just_resumed = resume_step >= 0 and step == start_step
+        if (o["checkpoint_every"] > 0 and output_dir and not just_resumed
+                and ((step > 0 and step % o["checkpoint_every"] == 0) or last)):
+            save_checkpoint(model, train_loader, output_dir, step, rank)
+            prune_checkpoint(output_dir, step, rank, o["checkpoints_keep"], o["checkpoint_every"],
+                             o["major_checkpoint_every"])
         if last:
             break
 

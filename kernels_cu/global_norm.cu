@@ -1,0 +1,45 @@
+// Sum of squares of floatX gradients, the input of global-norm clipping (spec 9.4), deterministic.
+//
+// Design decision: no atomics. A fixed grid of blocks writes one f32 partial per block into its own slot of a
+// slot array (+=, so several calls, e.g. the ZeRO-1 shard slices of every tensor, accumulate into the same
+// slots), and then a single block adds the slots in a fixed tree and adds the total into out[0]. The value is
+// reproducible for a given grid; the grid is fixed per GPU (llm.c: maxThreadsPerSM * numSMs / 512 blocks).
+
+#include "common.cuh"
+
+#define NORM_BLOCK 512
+#define NORM_AGGREGATE_BLOCK 1024
+
+// ----------------------------------------------------------------------------
+// kernels
+
+// slots (gridDim.y * gridDim.x) f32 += per-block sums of squares of values (slice y at y*stride, count each).
+// Grid (G_x, num_slices), block NORM_BLOCK: block (bx, y) grid-strides over slice y from bx*512 + thread, f32,
+// and adds its block sum into slots[y*G_x + bx]. The caller zeroes the slots before the first call of a step and
+// keeps G_x * num_slices <= the slot count. Fast: grid-stride loop with coalesced loads, one write per block.
+extern "C" __global__ void __launch_bounds__(NORM_BLOCK) global_norm_squared_kernel(
+        float* __restrict__ slots, const floatX* __restrict__ values, size_t count, ptrdiff_t stride) {
+    __shared__ float red[WARP_SIZE];
+    const floatX* x = values + (size_t)blockIdx.y * stride;
+    float acc = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        const float f = to_float(x[i]);
+        acc += f * f;
+    }
+    const float block_sum = block_reduce_sum(acc, red);
+    if (threadIdx.x == 0) {
+        const size_t slot = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
+        slots[slot] = slots[slot] + block_sum;
+    }
+}
+
+// out[0] += sum of slots[0..num_slots). One block: grid 1, block NORM_AGGREGATE_BLOCK; thread i adds slots
+// i, i+1024, ... in order, then a fixed block tree. Deterministic by construction.
+extern "C" __global__ void __launch_bounds__(NORM_AGGREGATE_BLOCK) global_norm_aggregate_kernel(
+        float* __restrict__ out, const float* __restrict__ slots, int num_slots) {
+    __shared__ float red[WARP_SIZE];
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < num_slots; i += blockDim.x) { acc += slots[i]; }
+    const float total = block_reduce_sum(acc, red);
+    if (threadIdx.x == 0) { out[0] += total; }
+}
