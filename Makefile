@@ -20,7 +20,7 @@ DEVICE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 REQUIREMENTS := requirements-dev.txt $(if $(filter cuda,$(DEVICE)),requirements.txt)
 VENV_STAMP := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: train test data model bench clean
+.PHONY: train test check-kernels data model bench clean
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,11 @@ train: model
 	if [ "$(DEVICE)" = cuda ]; then set -x; $(PY) train_gpt2cu.py -b 4 -t 1024 -e $${m}_bf16.bin; \
 	else set -x; $(PY) train_gpt2cu.py --device cpu -b 4 -t 64 -x 40 -l 1e-4 -e $$m.bin; fi
 
-test: $(VENV_STAMP)
+# every kernels_cu file through NVRTC for sm_80 and sm_90 in bf16 and fp32; no GPU needed
+check-kernels: $(VENV_STAMP)
+	$(PY) dev/check_kernels.py
+
+test: check-kernels
 	$(PY) -m pytest -q tests
 
 bench: model

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from llmc_py import LlmcError
+from llmc_py import LlmcError, run_main
 from llmc_py.checkpoint import read_debug_state
 from llmc_py.config import PARAM_NAMES
 from llmc_py.dataloader import DataLoader
@@ -183,8 +183,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except LlmcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, sys.argv[1:])

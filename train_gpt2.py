@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from llmc_py import LlmcError
+from llmc_py import LlmcError, run_main
 from llmc_py.checkpoint import MODEL_VERSION_BF16, MODEL_VERSION_FP32, write_debug_state, write_model
 from llmc_py.config import GPT2Config, PADDED_VOCAB_SIZE, VOCAB_SIZE, config_from_descriptor
 from llmc_py.dataloader import read_shard
@@ -394,8 +394,4 @@ def train(model, args, train_loader, val_loader, grad_accum, device):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except LlmcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from llmc_py import LlmcError
+from llmc_py import LlmcError, run_main
 from llmc_py.checkpoint import read_model_header
 from llmc_py.dataloader import DataLoader
 from llmc_py.gpt2 import GPT2, Shard
@@ -390,8 +390,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except LlmcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main, sys.argv[1:])

@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llmc_py import LlmcError  # noqa: E402
+from llmc_py import LlmcError, run_main  # noqa: E402
 from llmc_py.gpt2 import GPT2  # noqa: E402
 from llmc_py.mfu import estimate_mfu, format_mfu  # noqa: E402
 
@@ -51,8 +51,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LlmcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)

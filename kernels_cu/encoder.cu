@@ -14,6 +14,9 @@
 //   launch       grid (num_buckets, num_c_groups), block WTE_BLOCK = 256, num_c_groups = ceil(C / (32*x128::size)).
 // In NumPy: order = argsort(ids, stable); uniq, start, size = unique(ids[order], index, counts);
 // by = lexsort((uniq, -size)); bucket_info = [start[by], size[by], uniq[by], 0]; workload = order.
+// llm.c lists every (token, channel group) pair as its own bucket; the lists of one token are identical for every
+// group, so here a bucket is a token and the group is blockIdx.y: num_c_groups times smaller tables, same blocks.
+// Rounding noise: position (threadIdx.x, bucket*256 + group), seed + bucket*32 + lane + k.
 
 #include "common.cuh"
 

@@ -91,7 +91,7 @@ def nvrtc_options(precision, arch=None):
 def _failure(what, log):
     hint = ""
     if "cuda_bf16.h" in log and cuda_include_dir() is None:
-        hint = f" (cuda_bf16.h not found: pip install nvidia-cuda-runtime-cu12, or set CUDA_PATH)"
+        hint = " (cuda_bf16.h not found: pip install nvidia-cuda-runtime-cu12, or set CUDA_PATH)"
     return LlmcError(f"{what}: NVRTC compilation failed{hint}\n{log.strip()}")
 
 # ----------------------------------------------------------------------------

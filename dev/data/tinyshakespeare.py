@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from data_common import download_file, write_datafile  # noqa: E402
-from llmc_py import LlmcError  # noqa: E402
+from llmc_py import LlmcError, run_main  # noqa: E402
 from llmc_py.tokenizer import get_gpt2_encoding  # noqa: E402
 
 DATA_CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tinyshakespeare")
@@ -71,8 +71,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LlmcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_main(main)
