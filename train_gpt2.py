@@ -11,7 +11,6 @@ import argparse
 import copy
 import math
 import os
-import sys
 import time
 
 import numpy as np

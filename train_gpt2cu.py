@@ -2,23 +2,26 @@
 
     python train_gpt2cu.py -b 4 -t 1024                     # GPU (CUDA backend)
     python train_gpt2cu.py --device cpu -b 4 -t 64 -e gpt2_d12.bin -x 40
+    mpirun -np 2 python train_gpt2cu.py --device cpu -z 1 -b 4 -t 64 -e gpt2_d12.bin -x 40
 
 Reads top to bottom as the algorithm: parse flags, build the model and loaders, then the loop
 {val loss, sample, checkpoint, train step}. Flags follow llm.c's rules exactly (pairs of `-x value`, one
 or two letters after the dash); `--device` and `--precision` are this program's own additions.
+Several processes (mpirun, srun, or -pn/-pr with -pi tcp/fs) each train on their own slice of every batch
+and average gradients through llmc_py.zero; only rank 0 prints, logs, samples and writes the model file.
 """
-import glob
 import math
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
 
 from llmc_py import LlmcError, run_main
-from llmc_py.checkpoint import read_model_header
-from llmc_py.dataloader import DataLoader
+from llmc_py.dataloader import DataLoader, EvalLoader
 from llmc_py.gpt2 import GPT2, Shard
+from llmc_py.hellaswag import evaluate as evaluate_hellaswag
 from llmc_py.logger import Logger
 from llmc_py.mfu import estimate_mfu, format_mfu
 from llmc_py.outlier_detector import OutlierDetector
@@ -26,6 +29,7 @@ from llmc_py.rand import random_f32
 from llmc_py.sampler import SAMPLE_RNG_SEED, sample_softmax
 from llmc_py.schedulers import LearningRateScheduler
 from llmc_py.tokenizer import Tokenizer
+from llmc_py.zero import choose_zero_stage, discover, make_communicator
 
 # flag -> (option name, type, default), in llm.c's order
 FLAGS = {
@@ -156,8 +160,6 @@ def check_options(o):
         raise LlmcError(f"--precision {o['precision']}: --device cpu runs fp32 only")
     if o["device"] == "cuda":
         raise LlmcError("--device cuda: the CUDA backend is not available in this version; use --device cpu")
-    if o["num_processes"] != 1:
-        raise LlmcError(f"-pn {o['num_processes']}: multi-process training is not available in this version")
     for flag, name, low in (("-b", "B", 1), ("-t", "T", 1), ("-v", "val_loss_every", 1), ("-u", "warmup_iterations", 0),
                             ("-r", "recompute", 0), ("-nk", "checkpoints_keep", 0), ("-nm", "major_checkpoint_every", 0)):
         if o[name] < low:
@@ -170,8 +172,6 @@ def check_options(o):
         raise LlmcError("-y 1: resuming needs the output dir -o that holds the checkpoints")
     if o["output_log_dir"] and len(o["output_log_dir"]) >= 400:
         raise LlmcError("-o: the output dir path must be shorter than 400 characters")
-    if o["hellaswag_eval"] and os.path.exists(HELLASWAG_PATH):
-        raise LlmcError("-h 1: HellaSwag evaluation is not available in this version")
     if o["genT"] < 1 and o["sample_every"] > 0:
         raise LlmcError(f"-g {o['genT']}: the sample length must be at least 1")
 
@@ -197,11 +197,22 @@ def checkpoint_paths(output_dir, step, rank):
             os.path.join(output_dir, f"DONE_{step:08d}"))
 
 
-def save_checkpoint(model, loader, output_dir, step, rank):
+def check_resume_world(output_dir, step, rank, num_processes):
+    """Resuming needs this rank's state file of the checkpoint, i.e. the world size it was written with."""
+    if not os.path.exists(checkpoint_paths(output_dir, step, rank)[1]):
+        prefix = f"state_{step:08d}_"
+        written = sum(1 for name in os.listdir(output_dir) if name.startswith(prefix) and name.endswith(".bin"))
+        raise LlmcError(f"{output_dir}: checkpoint {step} holds state files of {written} processes and none for "
+                        f"rank {rank}; this run has {num_processes} processes: resume with the same number")
+
+
+def save_checkpoint(model, loader, output_dir, step, rank, comm):
+    """Rank 0 writes the model, every rank its state; DONE_ appears once all of them are on disk."""
     model_path, state_path, done_path = checkpoint_paths(output_dir, step, rank)
     if rank == 0:
         model.write_model(model_path)
     model.write_state(state_path, step, loader)
+    comm.barrier()
     if rank == 0:
         open(done_path, "w").close()
 
@@ -216,13 +227,14 @@ def prune_checkpoint(output_dir, step, rank, keep, every, major_every):
                 os.remove(path)
 
 
-def evaluate_val_loss(model, val_loader, num_batches):
+def evaluate_val_loss(model, val_loader, num_batches, comm):
+    """Mean over this rank's val batches, then summed over ranks and divided by their number, as llm.c."""
     val_loader.reset()
     total = 0.0
     for _ in range(num_batches):
         inputs, targets = val_loader.next_batch()
         total += model.validate(inputs, targets)
-    return total / num_batches
+    return comm.all_reduce_sum(total / num_batches) / comm.num_processes
 
 
 def sample(model, tokenizer, genT, T, eot):
@@ -256,7 +268,22 @@ def main(argv):
         print(USAGE)
         return 1
     check_options(o)
-    rank, num_processes = o["process_rank"], o["num_processes"]
+    info = discover(o["num_processes"], o["process_rank"], o["gpus_per_node"], o["nccl_init_method"],
+                    o["server_ip"], o["fs_path"])
+    comm = make_communicator(info, o["device"], o["server_ip"], o["fs_path"])
+    if info.process_rank != 0:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 prints, as llm.c's printf0
+    try:
+        return train(o, info, comm)
+    except (Exception, KeyboardInterrupt) as e:
+        # one failing rank takes the others down instead of leaving them in a collective (no-op alone)
+        comm.abort(f"error: {e}" if isinstance(e, LlmcError)
+                   else f"rank {info.process_rank}: {traceback.format_exc()}")
+        raise
+
+
+def train(o, info, comm):
+    rank, num_processes = info.process_rank, info.num_processes
     B, T = o["B"], o["T"]
     tokens_per_fwdbwd = B * T * num_processes
     total_batch_size = tokens_per_fwdbwd if o["total_batch_size"] == -1 else o["total_batch_size"]
@@ -280,17 +307,20 @@ def main(argv):
         ("val_max_steps", o["val_max_steps"]), ("sample_every", o["sample_every"]), ("genT", o["genT"]),
         ("overfit_single_batch", o["overfit_single_batch"]), ("use_master_weights", o["use_master_weights"]),
         ("gelu_fusion", gelu_fusion), ("recompute", o["recompute"]),
-        ("device", "cpu (NumPy reference)"), ("peak TFlops", "n/a"), ("precision", o["precision"].upper())])
+        ("device", "cpu (NumPy reference)"), ("peak TFlops", "n/a"), ("precision", o["precision"].upper()),
+        ("process", info.describe())])
 
     # resume: the newest complete (DONE_) checkpoint in the output dir, if any
     resume_step = -1
     if o["resume"] and os.path.isdir(output_dir):
         resume_step = latest_checkpoint_step(output_dir)
+        if resume_step >= 0:
+            check_resume_world(output_dir, resume_step, rank, num_processes)
     if output_dir and rank == 0:
         os.makedirs(output_dir, mode=0o700, exist_ok=True)
     model_kwargs = dict(recompute=o["recompute"], gelu_fusion=gelu_fusion,
                         use_master_weights=bool(o["use_master_weights"]),
-                        shard=Shard(o["zero_stage"], rank, num_processes), rng_seed=13371337 + rank)
+                        rng_seed=13371337 + rank, comm=comm)
     if resume_step >= 0:
         model = GPT2.from_checkpoint(checkpoint_paths(output_dir, resume_step, rank)[0], **model_kwargs)
     elif o["load_filename"].endswith(".bin"):
@@ -315,9 +345,17 @@ def main(argv):
                         f"total batch {total_batch_size})")
     if val_num_batches <= 0:
         raise LlmcError(f"-m {o['val_max_steps']}: expected at least one val batch")
-    print_table([("train_num_batches", train_num_batches), ("val_num_batches", val_num_batches)])
+    zero_stage, zero_notice = choose_zero_stage(o["zero_stage"], c, num_processes)
+    model.set_shard(Shard(zero_stage, rank, num_processes))
+    print(zero_notice)
+    print_table([("train_num_batches", train_num_batches), ("val_num_batches", val_num_batches),
+                 ("num_processes", num_processes), ("zero_stage", zero_stage)])
     print(f"batch size: {B * T} tokens per micro step, {grad_accum_steps} accumulation steps, "
           f"{total_batch_size} tokens per step")
+    # HellaSwag only when asked for and its eval file has been prepared (dev/data/hellaswag.py)
+    run_hellaswag = bool(o["hellaswag_eval"]) and os.path.exists(HELLASWAG_PATH)
+    eval_loader = EvalLoader(HELLASWAG_PATH, B, T, rank, num_processes) if run_hellaswag else None
+    print_table([("run hellaswag", "yes" if run_hellaswag else "no")])
 
     logger = Logger(output_dir, rank, resume=bool(o["resume"]))
     tokenizer = Tokenizer.load_optional(TOKENIZER_PATH)
@@ -338,15 +376,21 @@ def main(argv):
     for step in range(start_step, train_num_batches + 1):
         last = step == train_num_batches
         if step % o["val_loss_every"] == 0 or last:
-            val_loss = evaluate_val_loss(model, val_loader, val_num_batches)
+            val_loss = evaluate_val_loss(model, val_loader, val_num_batches, comm)
             print(f"val loss {val_loss:f}")
             logger.log_val(step, val_loss)
+        if eval_loader is not None and ((step > 0 and step % o["val_loss_every"] == 0) or last):
+            correct, num_examples = evaluate_hellaswag(model, eval_loader, print_progress=True)
+            correct = comm.all_reduce_sum(float(correct))
+            accuracy = float(np.float32(correct) / np.float32(num_examples))
+            print(f"HellaSwag: {int(correct)}/{num_examples} = {accuracy:f}")
+            logger.log_eval(step, accuracy)
         if rank == 0 and o["sample_every"] > 0 and ((step > 0 and step % o["sample_every"] == 0) or last):
             sample(model, tokenizer, o["genT"], T, eot)
         just_resumed = resume_step >= 0 and step == start_step
         if (o["checkpoint_every"] > 0 and output_dir and not just_resumed
                 and ((step > 0 and step % o["checkpoint_every"] == 0) or last)):
-            save_checkpoint(model, train_loader, output_dir, step, rank)
+            save_checkpoint(model, train_loader, output_dir, step, rank, comm)
             prune_checkpoint(output_dir, step, rank, o["checkpoints_keep"], o["checkpoint_every"],
                              o["major_checkpoint_every"])
         if last:

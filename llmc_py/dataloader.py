@@ -215,3 +215,137 @@ class DataLoader:
 
     def close(self):
         self._tokens = None
+
+
+# ----------------------------------------------------------------------------
+# HellaSwag eval loader (llm.c's EvalLoader, spec 5.5 / 6.3)
+#
+# Each example becomes 4 rows of the (B, T) batch, one per ending: the shared context, then that ending.
+# targets[t] = inputs[t+1] only where mask is 1 (the ending tokens, predicted from the position before
+# each); everything else in inputs/targets is left as the previous batch wrote it, as in llm.c: the
+# model is causal, so what follows an ending never changes its losses, and scoring reads masked positions only.
+
+EVAL_MAGIC, EVAL_VERSION = 20240522, 1
+EVAL_DELIMITER = 65535
+NUM_COMPLETIONS = 4  # llm.c's ASSUMED_NUM_COMPLETIONS
+
+
+class EvalLoader:
+    """Serves batches of HellaSwag examples for this rank's share of the file.
+
+    Rank r owns examples [r*per_proc, min((r+1)*per_proc, N)) with per_proc = ceil(N/P); every rank runs
+    num_batches = ceil(per_proc / (B/4)) batches, so ranks stay in step even when the last one has fewer
+    examples (its extra batches are empty). After next_batch: inputs, targets (int32 B,T), mask (uint8 B,T),
+    label (int32 [B/4], valid for the first num_examples_in_batch slots).
+    """
+
+    def __init__(self, path, B, T, process_rank=0, num_processes=1):
+        self.path = str(path)
+        self.B, self.T = int(B), int(T)
+        self.process_rank, self.num_processes = int(process_rank), int(num_processes)
+        if self.B < NUM_COMPLETIONS:
+            raise LlmcError(f"{self.path}: HellaSwag needs a batch size B of at least {NUM_COMPLETIONS} "
+                            f"(one row per ending), found B={self.B}")
+        header, size = read_header(self.path, EVAL_MAGIC, (EVAL_VERSION,), what="HellaSwag eval file")
+        self.num_examples = int(header[2])
+        longest = int(header[3])
+        if self.num_examples < self.num_processes:
+            raise LlmcError(f"{self.path}: expected at least one example per process ({self.num_processes}), "
+                            f"found {self.num_examples} examples")
+        # llm.c's sanity bound: a context and 4 endings of at most T u16 tokens each
+        if not 0 < longest < (1 + NUM_COMPLETIONS) * self.T * 2:
+            raise LlmcError(f"{self.path}: longest example is {longest} bytes, expected 1..."
+                            f"{(1 + NUM_COMPLETIONS) * self.T * 2 - 1} for T={self.T}: use a longer -t")
+        if (size - HEADER_BYTES) % 2 != 0:
+            raise LlmcError(f"{self.path}: expected a whole number of u16 values after the header, "
+                            f"found {size - HEADER_BYTES} bytes")
+        self._data = np.fromfile(self.path, dtype="<u2", offset=HEADER_BYTES).astype(np.int64)
+        self._offsets = self._walk(longest)
+        self.can_fit = self.B // NUM_COMPLETIONS
+        self.examples_per_process = -(-self.num_examples // self.num_processes)
+        self.num_batches = -(-self.examples_per_process // self.can_fit)
+        self.start_example_index = self.examples_per_process * self.process_rank
+        self.end_example_index = min(self.examples_per_process * (self.process_rank + 1), self.num_examples)
+        self.inputs = np.zeros((self.B, self.T), dtype=np.int32)
+        self.targets = np.zeros((self.B, self.T), dtype=np.int32)
+        self.mask = np.zeros((self.B, self.T), dtype=np.uint8)
+        self.label = np.zeros(self.can_fit, dtype=np.int32)
+        self.num_examples_in_batch = 0
+        self.reset()
+
+    def _walk(self, longest):
+        """Skips through the file example by example using each record's byte size, checking the
+        delimiter, the running index and the bounds; returns each example's start (in u16 units)."""
+        offsets = np.zeros(self.num_examples, dtype=np.int64)
+        data, pos = self._data, 0
+        for i in range(self.num_examples):
+            if pos + 3 > len(data):
+                raise LlmcError(f"{self.path}: truncated: the header says {self.num_examples} examples, "
+                                f"the file ends after {i}")
+            delim, nbytes, index = (int(v) for v in data[pos:pos + 3])
+            if delim != EVAL_DELIMITER or index != i:
+                raise LlmcError(f"{self.path}: example {i}: expected delimiter {EVAL_DELIMITER} and index {i}, "
+                                f"found {delim} and {index}")
+            if nbytes % 2 != 0 or not 6 < nbytes <= longest:
+                raise LlmcError(f"{self.path}: example {i}: expected an even size of 8..{longest} bytes "
+                                f"(the header's longest), found {nbytes}")
+            offsets[i] = pos
+            pos += nbytes // 2
+        if pos != len(data):
+            raise LlmcError(f"{self.path}: expected {self.num_examples} examples in {HEADER_BYTES + 2 * pos} "
+                            f"bytes, found {HEADER_BYTES + 2 * len(data)}")
+        return offsets
+
+    def reset(self):
+        """Back to this rank's first example."""
+        self.current_example_index = self.start_example_index
+
+    def _load_example(self, slot):
+        """Writes example current_example_index into rows 4*slot .. 4*slot+3."""
+        i = self.current_example_index
+        pos = int(self._offsets[i])
+        nwords = int(self._data[pos + 1]) // 2
+        rec = self._data[pos + 3:pos + nwords]  # label, num_completions, ctx_len, ctx..., 4 x (len, tokens...)
+        where = f"{self.path}: example {i}"
+        if len(rec) < 3:
+            raise LlmcError(f"{where}: record too short ({nwords} u16 values)")
+        label, num_completions, ctx_len = (int(v) for v in rec[:3])
+        if not 0 <= label < NUM_COMPLETIONS:
+            raise LlmcError(f"{where}: expected a label in 0..{NUM_COMPLETIONS - 1}, found {label}")
+        if num_completions != NUM_COMPLETIONS:
+            raise LlmcError(f"{where}: expected {NUM_COMPLETIONS} endings, found {num_completions}")
+        if not 0 < ctx_len < self.T:
+            raise LlmcError(f"{where}: context of {ctx_len} tokens does not fit T={self.T}")
+        row0 = slot * NUM_COMPLETIONS
+        ctx = rec[3:3 + ctx_len]
+        p = 3 + ctx_len
+        for c in range(NUM_COMPLETIONS):
+            if p >= len(rec):
+                raise LlmcError(f"{where}: record ends inside ending {c}")
+            n = int(rec[p])
+            ending = rec[p + 1:p + 1 + n]
+            if n <= 0 or len(ending) != n or ctx_len + n >= self.T:
+                raise LlmcError(f"{where}: ending {c} of {n} tokens after a {ctx_len}-token context "
+                                f"does not fit T={self.T}")
+            row = row0 + c
+            self.inputs[row, :ctx_len] = ctx
+            self.inputs[row, ctx_len:ctx_len + n] = ending
+            # the last context token predicts the first ending token, and so on
+            self.targets[row, ctx_len - 1:ctx_len - 1 + n] = ending
+            self.mask[row, ctx_len - 1:ctx_len - 1 + n] = 1
+            p += 1 + n
+        if p != len(rec):
+            raise LlmcError(f"{where}: {len(rec) - p} u16 values left over after the 4 endings")
+        self.label[slot] = label
+        self.current_example_index += 1
+
+    def next_batch(self):
+        """Fills up to B/4 examples of this rank; the mask is cleared first, inputs/targets are not."""
+        self.mask.fill(0)
+        self.num_examples_in_batch = 0
+        for slot in range(self.can_fit):
+            if self.current_example_index >= self.end_example_index:
+                break  # this rank's share is done: the rest of the batch stays masked out
+            self._load_example(slot)
+            self.num_examples_in_batch += 1
+        return self.inputs, self.targets

@@ -7,6 +7,9 @@ the largest (B, T) and every call takes views of them for its own (B, T). Buffer
 llm.c reuses them: `output` is the forward scratch, then the logits, then dlogits and datt; in the
 backward residual3[L-1] becomes the (B,T,C) gradient scratch, fch[l] holds dq/dk/dv and atty[l] the
 permuted dout. Recompute (-r 1: GELU, -r 2: GELU and layernorms) trades those activations for work.
+With several processes (`comm`, llmc_py.zero) the last micro step averages each layer's gradients right
+after that layer's backward (all-reduce, or with ZeRO-1 reduce-scatter into the owned parts), and ZeRO-1
+all-gathers the parameters after the update; with one process those calls do nothing.
 """
 import math
 from dataclasses import dataclass
@@ -16,18 +19,25 @@ import numpy as np
 from llmc_py import LlmcError
 from llmc_py.adamw import adamw_update
 from llmc_py.attention import attention_backward, attention_forward
-from llmc_py.checkpoint import MODEL_VERSION_FP32, TrainingState, read_model, read_state, write_model, write_state
+from llmc_py.checkpoint import (MODEL_VERSION_FP32, STATE_MAGIC, STATE_VERSION, TrainingState, read_model,
+                                read_state, write_model, write_state)
 from llmc_py.config import DECAYED, LAYERED, config_from_descriptor
 from llmc_py.encoder import encoder_backward, encoder_forward
+from llmc_py.fileio import read_header
 from llmc_py.fused_classifier import fused_classifier
 from llmc_py.gelu import gelu_forward
 from llmc_py.global_norm import global_norm_squared
 from llmc_py.layernorm import fused_residual_forward, layernorm_backward, layernorm_forward
 from llmc_py.matmul import matmul_backward, matmul_forward
 from llmc_py.rand import gpt2_random_init, random_u32
+from llmc_py.zero import SingleProcess
 
 # AdamW hyperparameters of llm.c's training loop (the learning rate and weight decay come from flags)
 BETA1, BETA2, EPS = 0.9, 0.95, 1e-8
+# gradients reduced across processes right after a layer's backward (the 12 layered tensors), and after
+# the encoder backward (wte, wpe, lnfw, lnfb), as llm.c's gpt2_backward_and_reduce
+LAYER_GRADS = LAYERED
+REST_GRADS = (0, 1, 14, 15)
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,9 @@ class Shard:
 
 class GPT2:
     def __init__(self, config, params, recompute=1, gelu_fusion=0, use_master_weights=True,
-                 shard=Shard(), rng_seed=13371337):
+                 shard=Shard(), rng_seed=13371337, comm=None):
         self.config = config
+        self.comm = SingleProcess() if comm is None else comm
         self.recompute = recompute
         self.gelu_fusion = gelu_fusion
         self.use_master_weights = use_master_weights
@@ -83,6 +94,13 @@ class GPT2:
     def _views(self, flat):
         return [flat[o:o + n].reshape(s) for o, n, s in
                 zip(self.config.param_offsets(), self.config.param_sizes(), self.config.param_shapes())]
+
+    def set_shard(self, shard):
+        """Chooses this rank's optimizer shard (the ZeRO stage) before the optimizer state exists."""
+        if self.m is not None:
+            raise LlmcError("the ZeRO shard cannot change once the optimizer state exists")
+        self.shard = shard
+        self.shard_num_parameters = self._shard_size()
 
     def _shard_size(self):
         if self.config.num_parameters % self.shard.parts != 0:
@@ -204,6 +222,7 @@ class GPT2:
         L, C, NH, Vp = c.num_layers, c.channels, c.num_heads, c.padded_vocab_size
         p, g = self.param_views, self.grad_views
         losses = self._act("losses", B, T)
+        last_step = micro_step == grad_accum_steps - 1
         if micro_step == 0:
             self.grads.fill(0.0)
             losses.fill(0.0)
@@ -244,41 +263,72 @@ class GPT2:
                 layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, p[2][l], p[3][l])
             matmul_backward(dl_btc, g[4][l], g[5][l], dqkv, ln1, p[4][l])
             layernorm_backward(dresidual, g[2][l], g[3][l], dl_btc, residual, p[2][l], ln1_mean, ln1_rstd)
+            if last_step:
+                self._reduce_gradients(LAYER_GRADS, l)
         # the encoder backward's stochastic-rounding seed: drawn on every device so the rng stream matches
         _, self.rng_state = random_u32(self.rng_state)
         encoder_backward(g[0], g[1], dresidual, inputs)
-        if micro_step == grad_accum_steps - 1:
-            self.mean_loss = float(losses.sum(dtype=np.float32)) / (B * T * grad_accum_steps)
+        if last_step:
+            # loss summed on this rank, averaged over ranks, then divided by this rank's token count
+            loss_sum = self.comm.all_reduce_scalar(losses.sum(dtype=np.float32), "avg")
+            self.mean_loss = loss_sum / (B * T * grad_accum_steps)
+            self._reduce_gradients(REST_GRADS, 0, T)
+
+    def _reduce_gradients(self, tensors, layer, T=None):
+        """Averages the gradients of `tensors` (their slice `layer` if layered) over the processes, grouped:
+        all-reduce with ZeRO-0; with ZeRO-1 a reduce-scatter leaves each rank the mean of the parts it owns
+        (spec 11.3), which is all its update reads. Stage 0 reduces only the first T rows of wpe: the rows
+        past T have no gradient on any rank (llm.c does the same); ZeRO-1 reduces all of wpe, because its
+        shards split maxT*C, where llm.c's T*C reduce-scatter leaves wrong grads whenever T < maxT.
+        One process calls through too: SingleProcess does nothing, NCCL at world size 1 runs for real."""
+        with self.comm.group():
+            for i in tensors:
+                grad = self.grad_views[i][layer] if i in LAYERED else self.grad_views[i]
+                if self.shard.parts > 1:
+                    self.comm.reduce_scatter(grad.reshape(-1), "avg")
+                else:
+                    self.comm.all_reduce((grad[:T] if i == 1 else grad).reshape(-1), "avg")
 
     # ------------------------------------------------------------------
     # optimizer
 
-    def shard_slices(self):
-        """For each tensor i and layer slice: (i, slice of the full buffer, slice of the shard buffers)."""
-        parts, index = self.shard.parts, self.shard.index
+    def shard_units(self):
+        """What ZeRO-1 splits: (tensor i, slice of the flat buffer) for each tensor and, for the layered
+        ones, each layer slice, in buffer order."""
         L = self.config.num_layers
         out = []
         for i, (offset, size) in enumerate(zip(self.config.param_offsets(), self.config.param_sizes())):
             num_slices = L if i in LAYERED else 1
             n = size // num_slices
+            out.extend((i, slice(offset + layer * n, offset + (layer + 1) * n)) for layer in range(num_slices))
+        return out
+
+    def shard_slices(self):
+        """For each tensor i and layer slice: (i, slice of the full buffer, slice of the shard buffers).
+        Rank r owns [r*n/P, (r+1)*n/P) of every n-element unit; its shard buffers hold tensor i's parts
+        from offset_i/P on, layer after layer (spec 11.3)."""
+        parts, index = self.shard.parts, self.shard.index
+        out = []
+        for i, unit in self.shard_units():
+            n = unit.stop - unit.start
             if n % parts != 0:
                 raise LlmcError(f"ZeRO-1: tensor {i} slices of {n} elements do not split over {parts} processes")
             own = n // parts
-            for layer in range(num_slices):
-                start = offset + layer * n + index * own
-                shard_start = offset // parts + layer * own
-                out.append((i, slice(start, start + own), slice(shard_start, shard_start + own)))
+            start = unit.start + index * own
+            shard_start = unit.start // parts
+            out.append((i, slice(start, start + own), slice(shard_start, shard_start + own)))
         return out
 
     def grad_norm_squared(self):
-        """Sum of squares of the gradients this rank owns (all of them unless ZeRO-1)."""
+        """Sum of squares of the gradients: with ZeRO-1 each rank sums its owned parts and the ranks add
+        their sums; otherwise every rank holds all the (already averaged) gradients and sums them itself."""
         acc = np.zeros(1, dtype=np.float32)
         if self.shard.parts == 1:
             global_norm_squared(acc, self.grads)
-        else:
-            for _, full, _ in self.shard_slices():
-                global_norm_squared(acc, self.grads[full])
-        return float(acc[0])
+            return float(acc[0])
+        for _, full, _ in self.shard_slices():
+            global_norm_squared(acc, self.grads[full])
+        return self.comm.all_reduce_scalar(acc[0], "sum")
 
     def update(self, learning_rate, weight_decay, grad_scale, t):
         """AdamW on this rank's shard; t = step + 1. The first update creates m, v (zeros) and master."""
@@ -295,6 +345,15 @@ class GPT2:
             adamw_update(self.params[full], self.grads[full], self.m[own], self.v[own],
                          None if self.master is None else self.master[own], learning_rate, BETA1, BETA2, EPS,
                          weight_decay if i in DECAYED else 0.0, grad_scale, t, seeds[i])
+        self._gather_params()
+
+    def _gather_params(self):
+        """ZeRO-1: every rank updated only its parts; all-gather each unit so all hold the full params."""
+        if self.shard.parts == 1:
+            return
+        with self.comm.group():
+            for _, unit in self.shard_units():
+                self.comm.all_gather(self.params[unit])
 
     def _draw_seeds(self):
         seeds = []
@@ -318,10 +377,13 @@ class GPT2:
 
     def load_state(self, path, loader):
         """Restores optimizer, rng and loader position; returns the step the state was written at."""
+        header, _ = read_header(path, STATE_MAGIC, (STATE_VERSION,), what="training state file")
+        written_p, written_rank = int(header[2]), int(header[3])  # checked before the (shard-sized) payload
+        if written_p != self.shard.num_processes or written_rank != self.shard.process_rank:
+            raise LlmcError(f"{path}: written by rank {written_rank} of {written_p} processes, cannot resume "
+                            f"as rank {self.shard.process_rank} of {self.shard.num_processes}: resume with "
+                            f"the same number of processes")
         state = read_state(path, self.shard_num_parameters)
-        if state.num_processes != self.shard.num_processes or state.process_rank != self.shard.process_rank:
-            raise LlmcError(f"{path}: written by rank {state.process_rank} of {state.num_processes} processes, "
-                            f"cannot resume as rank {self.shard.process_rank} of {self.shard.num_processes}")
         if self.use_master_weights and state.master is None:
             raise LlmcError(f"{path}: has no master weights but the run uses them (-w 1); resume with -w 0")
         self.m, self.v = state.m, state.v
@@ -333,6 +395,7 @@ class GPT2:
             self._draw_seeds()
             for _, full, own in self.shard_slices():
                 self.params[full] = self.master[own]
+            self._gather_params()
         self.rng_state = state.rng_state
         self.rng_state_last_update = state.rng_state_last_update
         loader.resume(state.shard_idx, state.sample_idx, state.loader)

@@ -14,23 +14,13 @@ import sys
 # runnable as `python dev/data/tinyshakespeare.py`: llmc_py lives at the repo root, two levels up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from data_common import download_file, write_datafile  # noqa: E402
+from data_common import download_if_absent, write_datafile  # noqa: E402
 from llmc_py import LlmcError, run_main  # noqa: E402
 from llmc_py.tokenizer import get_gpt2_encoding  # noqa: E402
 
 DATA_CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tinyshakespeare")
 INPUT_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 VAL_TOKENS = 32768
-
-
-def download(path):
-    """Downloads the char-rnn input.txt to `path` unless it is already there."""
-    if os.path.exists(path):
-        print(f"{path} already exists, skipping download")
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    print(f"downloading {INPUT_URL} to {path}")
-    download_file(INPUT_URL, path)
 
 
 def tokenize(text, enc):
@@ -57,7 +47,7 @@ def main():
     input_path = args.input
     if input_path is None:
         input_path = os.path.join(DATA_CACHE_DIR, "input.txt")
-        download(input_path)
+        download_if_absent(INPUT_URL, input_path)
     try:
         with open(input_path, encoding="utf-8") as f:
             text = f.read()
