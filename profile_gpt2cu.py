@@ -2,13 +2,16 @@
 
     python profile_gpt2cu.py --device cpu -e d12 -b 4 -t 64
     python profile_gpt2cu.py --device cpu -e gpt2_d12.bin -b 4 -t 64
+    python profile_gpt2cu.py -e gpt2_124M_bf16.bin -b 4 -t 1024     # GPU (default), bf16
 
 The non-obvious decision: nothing in llmc_py is changed or switched to a profiling mode. For the
 profiled step the op functions that llmc_py.gpt2 calls (encoder, layernorm, matmul, attention, gelu,
 fused classifier, global norm, AdamW) are replaced, in that module's namespace only, by thin wrappers
 that time each call, and put back afterwards; the step runs the same code as training. llm.c needs Nsight
 Compute (and often sudo) for its table; here the timings come from the ops themselves: wall-clock around
-each call on CPU, CUDA events around each launch on GPU (with the CUDA backend, not available yet).
+each call on CPU, a pair of CUDA events around each op call on GPU (recorded on the op's stream and read
+after the step, so the timing itself adds no synchronization; an op's time includes all its kernels and
+GEMMs).
 
 Groups follow llm.c's passes: encoder (encoder forward and backward), forward (the transformer blocks),
 classifier (from the residual + final layernorm before the LM-head matmul through the final layernorm's
@@ -24,30 +27,66 @@ from collections import defaultdict
 import numpy as np
 
 import llmc_py.gpt2 as gpt2_module
-from llmc_py import LlmcError, run_main
+from llmc_py import LlmcError, cuda, run_main
 from llmc_py.gpt2 import GPT2
 
 # the op functions llmc_py.gpt2 calls, by the name it imports them under
 OPS = ("encoder_forward", "encoder_backward", "layernorm_forward", "fused_residual_forward",
        "layernorm_backward", "matmul_forward", "matmul_backward", "attention_forward", "attention_backward",
-       "gelu_forward", "fused_classifier", "global_norm_squared", "adamw_update")
+       "gelu_forward", "fused_classifier", "global_sum", "global_norm_squared", "adamw_update",
+       "cast_floatx_to_f32")
 GROUPS = ("encoder", "forward", "classifier", "backward", "optimizer")
-OPTIMIZER_OPS = ("global_norm_squared", "adamw_update")
+OPTIMIZER_OPS = ("global_norm_squared", "adamw_update", "cast_floatx_to_f32")
 CLASSIFIER_OP = "fused_classifier"
 
 
+class WallClock:
+    """CPU timing: a call's seconds, measured around it."""
+
+    def start(self):
+        return time.perf_counter()
+
+    def stop(self, token):
+        return time.perf_counter() - token
+
+
+class EventClock:
+    """GPU timing: a pair of CUDA events per call on the current stream; seconds() after the GPU is done."""
+
+    def __init__(self):
+        import cupy
+        self.cupy = cupy
+
+    def start(self):
+        event = self.cupy.cuda.Event()
+        event.record()
+        return event
+
+    def stop(self, token):
+        end = self.cupy.cuda.Event()
+        end.record()
+        return (token, end)
+
+    def seconds(self, pair):
+        start, end = pair
+        end.synchronize()
+        return self.cupy.cuda.get_elapsed_time(start, end) / 1000.0
+
+
 @contextlib.contextmanager
-def timed_ops(calls):
-    """Within the block, every op call made by llmc_py.gpt2 appends (op name, seconds) to `calls`."""
+def timed_ops(calls, clock=None):
+    """Within the block, every op call made by llmc_py.gpt2 appends (op name, clock reading) to `calls`: seconds
+    with the default wall clock, an event pair with EventClock (turn into seconds with clock.seconds)."""
+    clock = WallClock() if clock is None else clock
     originals = {name: getattr(gpt2_module, name) for name in OPS if hasattr(gpt2_module, name)}
 
     def wrap(name, fn):
         def timed(*args, **kwargs):
-            t0 = time.perf_counter()
+            token = clock.start()
             try:
                 return fn(*args, **kwargs)
             finally:
-                calls.append((name, time.perf_counter() - t0))
+                calls.append((name, clock.stop(token)))
         return timed
 
     for name, fn in originals.items():
@@ -87,9 +126,9 @@ def train_step(model, inputs, targets, step):
     model.update(1e-4, 0.0, 1.0 / norm if norm > 1.0 else 1.0, step + 1)
 
 
-def profile_cpu(model, B, T):
-    """Runs a warm-up step (it also allocates the optimizer state), then one timed step.
-    Returns (calls [(op, seconds)], wall seconds of the timed step)."""
+def profile(model, B, T):
+    """Runs a warm-up step (it also initializes the optimizer state, and on the GPU compiles the kernels and
+    picks the cuBLASLt algorithms), then one timed step. Returns (calls [(op, seconds)], step seconds)."""
     V = model.config.vocab_size
     i = np.arange(B * T, dtype=np.int64)
     inputs = (i % V).astype(np.int32).reshape(B, T)  # llm.c's dummy tokens i % V
@@ -97,10 +136,14 @@ def profile_cpu(model, B, T):
     model.allocate(B, T)
     train_step(model, inputs, targets, 0)
     calls = []
-    with timed_ops(calls):
-        t0 = time.perf_counter()
+    clock = EventClock() if model.gpu else WallClock()
+    step_timer = cuda.StepTimer(model.gpu)
+    with timed_ops(calls, clock):
+        step_timer.start()
         train_step(model, inputs, targets, 1)
-        wall = time.perf_counter() - t0
+        wall = step_timer.stop() / 1000.0
+    if model.gpu:
+        calls = [(name, clock.seconds(pair)) for name, pair in calls]
     return calls, wall
 
 
@@ -139,7 +182,7 @@ def report(calls, wall):
 
     print()
     print(f"In total, a training step takes {total:.3f} ms in its ops "
-          f"({wall * 1000:.3f} ms wall clock, {max(wall * 1000 - total, 0.0):.3f} ms outside the ops), distributed as:")
+          f"({wall * 1000:.3f} ms for the whole step, {max(wall * 1000 - total, 0.0):.3f} ms outside the ops), distributed as:")
     labels = {"encoder": "in the encoder", "forward": "in forward blocks", "classifier": "in the classifier part",
               "backward": "in backward blocks", "optimizer": "in the optimizer"}
     for g in GROUPS:
@@ -154,18 +197,23 @@ def main():
     p.add_argument("-b", type=int, default=4, help="micro batch B")
     p.add_argument("-t", type=int, default=64, help="sequence length T")
     p.add_argument("-r", type=int, default=1, choices=[0, 1, 2], help="recompute: 0 none, 1 GELU, 2 GELU+layernorm")
+    p.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default bf16 on cuda, fp32 on cpu")
+    p.add_argument("-ge", type=int, default=0, choices=[0, 1, 2], help="GELU fusion (cuda bf16)")
     args = p.parse_args()
-    if args.device == "cuda":
-        raise LlmcError("--device cuda: the CUDA backend is not available in this version, so there are no "
-                        "kernels to time yet (CUDA-event timing per kernel comes with it); use --device cpu")
+    precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    if args.device == "cpu" and precision != "fp32":
+        raise LlmcError(f"--precision {precision}: --device cpu runs fp32 only")
     if args.b < 1 or args.t < 1:
         raise LlmcError(f"-b {args.b} -t {args.t}: expected positive sizes")
-    kwargs = dict(recompute=args.r)
+    where = "cpu (NumPy reference)"
+    if args.device == "cuda":
+        where = f"{cuda.init_device(0).name}, {precision}"
+    kwargs = dict(recompute=args.r, gelu_fusion=args.ge, device=args.device, precision=precision)
     model = GPT2.from_checkpoint(args.e, **kwargs) if args.e.endswith(".bin") else GPT2.from_descriptor(args.e, **kwargs)
     c = model.config
     print(f"model {args.e}: {c.num_parameters:,} parameters, L={c.num_layers} C={c.channels}, B={args.b} T={args.t}, "
-          f"-r {args.r}, device cpu (NumPy reference): one training step after one warm-up step")
-    calls, wall = profile_cpu(model, args.b, args.t)
+          f"-r {args.r}, device {where}: one training step after one warm-up step")
+    calls, wall = profile(model, args.b, args.t)
     report(calls, wall)
 
 

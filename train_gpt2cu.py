@@ -1,29 +1,29 @@
 """GPT-2 training with llm.c's flags, step line, log file and checkpoints.
 
-    python train_gpt2cu.py -b 4 -t 1024                     # GPU (CUDA backend)
+    python train_gpt2cu.py -b 4 -t 1024                     # GPU (CUDA backend), bf16
+    python train_gpt2cu.py --precision fp32 -f 0 -e gpt2_124M.bin -b 4 -t 1024
     python train_gpt2cu.py --device cpu -b 4 -t 64 -e gpt2_d12.bin -x 40
     mpirun -np 2 python train_gpt2cu.py --device cpu -z 1 -b 4 -t 64 -e gpt2_d12.bin -x 40
 
 Reads top to bottom as the algorithm: parse flags, build the model and loaders, then the loop
 {val loss, sample, checkpoint, train step}. Flags follow llm.c's rules exactly (pairs of `-x value`, one
-or two letters after the dash); `--device` and `--precision` are this program's own additions.
+or two letters after the dash); `--device`, `--precision` and `--matmul` are this program's own additions.
 Several processes (mpirun, srun, or -pn/-pr with -pi tcp/fs) each train on their own slice of every batch
 and average gradients through llmc_py.zero; only rank 0 prints, logs, samples and writes the model file.
 """
 import math
 import os
 import sys
-import time
 import traceback
 
 import numpy as np
 
-from llmc_py import LlmcError, run_main
+from llmc_py import LlmcError, cuda, run_main
 from llmc_py.dataloader import DataLoader, EvalLoader
 from llmc_py.gpt2 import GPT2, Shard
 from llmc_py.hellaswag import evaluate as evaluate_hellaswag
 from llmc_py.logger import Logger
-from llmc_py.mfu import estimate_mfu, format_mfu
+from llmc_py.mfu import estimate_mfu, format_mfu, get_flops_promised
 from llmc_py.outlier_detector import OutlierDetector
 from llmc_py.rand import random_f32
 from llmc_py.sampler import SAMPLE_RNG_SEED, sample_softmax
@@ -73,7 +73,8 @@ FLAGS = {
 }
 # letters whose unrecognized three-character forms still select the letter's flag, as in llm.c
 CATCH_ALL = set("ijeoybtducqxvmafwzrhkg")
-LONG_OPTIONS = {"--device": ("device", ("cuda", "cpu")), "--precision": ("precision", ("bf16", "fp32"))}
+LONG_OPTIONS = {"--device": ("device", ("cuda", "cpu")), "--precision": ("precision", ("bf16", "fp32")),
+                "--matmul": ("matmul", ("cublas", "custom", "fp16fc"))}
 HELLASWAG_PATH = "dev/data/hellaswag/hellaswag_val.bin"
 TOKENIZER_PATH = "gpt2_tokenizer.bin"
 
@@ -117,7 +118,9 @@ Options:
   -ps <string> server ip address (default = "")
   -pf <string> shared folder path for fs init (default = "")
   --device <cuda|cpu>   where to run (default = cuda)
-  --precision <bf16|fp32> (default = bf16 on cuda; cpu runs fp32 only)"""
+  --precision <bf16|fp32> (default = bf16 on cuda; cpu runs fp32 only)
+  --matmul <cublas|custom|fp16fc> fp32 on cuda: forward matmuls by cuBLAS SGEMM, our tiled kernel, or the MLP's
+                        first linear with fp16 operands (default = cublas)"""
 
 
 class UsageError(Exception):
@@ -126,7 +129,7 @@ class UsageError(Exception):
 
 def parse_args(argv):
     opts = {name: default for name, _, default in FLAGS.values()}
-    opts.update(device="cuda", precision=None)
+    opts.update(device="cuda", precision=None, matmul="cublas")
     i = 0
     while i < len(argv):
         flag = argv[i]
@@ -158,8 +161,8 @@ def parse_args(argv):
 def check_options(o):
     if o["device"] == "cpu" and o["precision"] != "fp32":
         raise LlmcError(f"--precision {o['precision']}: --device cpu runs fp32 only")
-    if o["device"] == "cuda":
-        raise LlmcError("--device cuda: the CUDA backend is not available in this version; use --device cpu")
+    if o["matmul"] != "cublas" and (o["device"] != "cuda" or o["precision"] != "fp32"):
+        raise LlmcError(f"--matmul {o['matmul']}: the matmul variants exist for --device cuda --precision fp32 only")
     for flag, name, low in (("-b", "B", 1), ("-t", "T", 1), ("-v", "val_loss_every", 1), ("-u", "warmup_iterations", 0),
                             ("-r", "recompute", 0), ("-nk", "checkpoints_keep", 0), ("-nm", "major_checkpoint_every", 0)):
         if o[name] < low:
@@ -250,7 +253,7 @@ def sample(model, tokenizer, genT, T, eot):
         window[0, :min(t, length)] = tokens[0, :min(t, length)]
         logits = model.forward(window)
         coin, rng = random_f32(rng)
-        token = sample_softmax(logits[0, t - 1, :V], coin)
+        token = sample_softmax(model.host(logits[0, t - 1, :V]), coin)
         tokens[0, t] = token
         if tokenizer is not None:
             sys.stdout.buffer.write(tokenizer.safe_bytes(token))
@@ -270,11 +273,13 @@ def main(argv):
     check_options(o)
     info = discover(o["num_processes"], o["process_rank"], o["gpus_per_node"], o["nccl_init_method"],
                     o["server_ip"], o["fs_path"])
+    # the GPU of this process (local rank), with our stream made current, before anything touches CUDA
+    device = cuda.init_device(info.local_rank) if o["device"] == "cuda" else None
     comm = make_communicator(info, o["device"], o["server_ip"], o["fs_path"])
     if info.process_rank != 0:
         sys.stdout = open(os.devnull, "w")  # only rank 0 prints, as llm.c's printf0
     try:
-        return train(o, info, comm)
+        return train(o, info, comm, device)
     except (Exception, KeyboardInterrupt) as e:
         # one failing rank takes the others down instead of leaving them in a collective (no-op alone)
         comm.abort(f"error: {e}" if isinstance(e, LlmcError)
@@ -282,7 +287,8 @@ def main(argv):
         raise
 
 
-def train(o, info, comm):
+def train(o, info, comm, device=None):
+    """The training run; `device` is the GPU's DeviceInfo (--device cuda) or None (cpu)."""
     rank, num_processes = info.process_rank, info.num_processes
     B, T = o["B"], o["T"]
     tokens_per_fwdbwd = B * T * num_processes
@@ -294,6 +300,11 @@ def train(o, info, comm):
     gelu_fusion = max(o["gelu_fusion"], 0)
     train_pattern = o["val_data_pattern"] if o["overfit_single_batch"] else o["train_data_pattern"]
     output_dir = o["output_log_dir"]
+    gpu = device is not None
+    # TF32 for the fp32 GEMMs, as llm.c: fp32 precision, compute capability >= 8.0 and -f 1 (the default)
+    enable_tf32 = (gpu and o["precision"] == "fp32" and int(device.compute_capability) >= 80
+                   and bool(o["override_enable_tf32"]))
+    peak = get_flops_promised(device.name, o["precision"]) if gpu else -1.0
 
     print_table([
         ("train data pattern", train_pattern), ("val data pattern", o["val_data_pattern"]),
@@ -307,7 +318,10 @@ def train(o, info, comm):
         ("val_max_steps", o["val_max_steps"]), ("sample_every", o["sample_every"]), ("genT", o["genT"]),
         ("overfit_single_batch", o["overfit_single_batch"]), ("use_master_weights", o["use_master_weights"]),
         ("gelu_fusion", gelu_fusion), ("recompute", o["recompute"]),
-        ("device", "cpu (NumPy reference)"), ("peak TFlops", "n/a"), ("precision", o["precision"].upper()),
+        ("device", device.name if gpu else "cpu (NumPy reference)"),
+        ("peak TFlops", f"{peak:.1f}" if peak >= 0 else "n/a"),
+        ("precision", o["precision"].upper() + (" (TF32 matmuls)" if enable_tf32 else "")
+         + (f", --matmul {o['matmul']}" if o["matmul"] != "cublas" else "")),
         ("process", info.describe())])
 
     # resume: the newest complete (DONE_) checkpoint in the output dir, if any
@@ -320,7 +334,8 @@ def train(o, info, comm):
         os.makedirs(output_dir, mode=0o700, exist_ok=True)
     model_kwargs = dict(recompute=o["recompute"], gelu_fusion=gelu_fusion,
                         use_master_weights=bool(o["use_master_weights"]),
-                        rng_seed=13371337 + rank, comm=comm)
+                        rng_seed=13371337 + rank, comm=comm, device=o["device"], precision=o["precision"],
+                        matmul=o["matmul"], tf32=enable_tf32)
     if resume_step >= 0:
         model = GPT2.from_checkpoint(checkpoint_paths(output_dir, resume_step, rank)[0], **model_kwargs)
     elif o["load_filename"].endswith(".bin"):
@@ -362,9 +377,9 @@ def train(o, info, comm):
     eot = tokenizer.eot_token if tokenizer is not None else c.vocab_size - 1
     scheduler = LearningRateScheduler(o["lr_scheduler_type"], o["learning_rate"], o["warmup_iterations"],
                                       train_num_batches, o["final_learning_rate_frac"])
-    sizes = model.allocate(B, T)
-    print(f"allocated {sum(sizes.values()) * 4 // (1 << 20)} MiB for activations, "
-          f"{model.grads.nbytes >> 20} MiB for parameter gradients")
+    model.allocate(B, T)
+    for line in model.memory_report():
+        print(line)
     start_step = 0
     if resume_step >= 0:
         start_step = model.load_state(checkpoint_paths(output_dir, resume_step, rank)[1], train_loader)
@@ -373,6 +388,7 @@ def train(o, info, comm):
 
     total_time_ms, ema_tokens_per_second = 0.0, 0.0
     tokens_per_step = total_batch_size
+    timer = cuda.StepTimer(gpu)  # CUDA events on the GPU: from before the first micro step to after the update
     for step in range(start_step, train_num_batches + 1):
         last = step == train_num_batches
         if step % o["val_loss_every"] == 0 or last:
@@ -396,7 +412,7 @@ def train(o, info, comm):
         if last:
             break
 
-        t0 = time.perf_counter()
+        timer.start()
         if o["overfit_single_batch"]:
             train_loader.reset()
         for micro_step in range(grad_accum_steps):
@@ -414,7 +430,7 @@ def train(o, info, comm):
         else:
             grad_scale = 1.0 / grad_norm if grad_norm > 1.0 else 1.0
             model.update(lr, o["weight_decay"], grad_scale, step + 1)
-        ms = (time.perf_counter() - t0) * 1000.0
+        ms = timer.stop()
         if step > start_step:
             total_time_ms += ms
         tokens_per_second = tokens_per_step / ms * 1000.0
@@ -422,7 +438,8 @@ def train(o, info, comm):
         if step > 0:
             ema_tokens_per_second = 0.95 * ema_tokens_per_second + 0.05 * tokens_per_second
             bias_corrected = ema_tokens_per_second / (1.0 - 0.95 ** step)
-        mfu = estimate_mfu(c.num_parameters, c.num_layers, c.channels, T, tokens_per_step, ms / 1000.0, -1.0)
+        mfu = estimate_mfu(c.num_parameters, c.num_layers, c.channels, T, tokens_per_step // num_processes,
+                           ms / 1000.0, peak)
         print(f"step {step + 1:4d}/{train_num_batches} | loss {model.mean_loss:7.6f} ({zloss:+.2f}z)| "
               f"norm {grad_norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {ms:.2f} ms | {format_mfu(mfu)} | "
               f"{bias_corrected:.0f} tok/s", flush=True)

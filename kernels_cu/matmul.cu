@@ -1,4 +1,5 @@
-// Matmul helpers next to cuBLAS: the bias gradient, and a tiled SGEMM for the forward out = inp @ W^T + bias.
+// Matmul helpers next to cuBLAS: the bias gradient, the bias add of the fp32 SGEMM path, and a tiled SGEMM for
+// the forward out = inp @ W^T + bias (--matmul custom).
 //
 // Design decision: dbias += column sums of dout is summed without atomics on values, in two kernels: blocks
 // write f32 partial column sums for their own rows into a scratch buffer, then one thread per column adds the
@@ -10,6 +11,7 @@
 
 #define BIAS_BLOCK 256         // 8 warps per block in the bias-gradient kernel
 #define BIAS_REDUCE_BLOCK 256
+#define BIAS_ADD_BLOCK 256
 #define GEMM_BM 128            // output rows per block
 #define GEMM_BN 128            // output columns per block
 #define GEMM_BK 16             // reduction slice held in shared memory
@@ -62,6 +64,20 @@ extern "C" __global__ void __launch_bounds__(BIAS_REDUCE_BLOCK) matmul_backward_
     float sum = 0.0f;
     for (int r = 0; r < num_rows; r++) { sum += partials[(size_t)r * OC + c]; }
     dbias[c] = to_floatX(to_float(dbias[c]) + sum);
+}
+
+// out (N, OC) += bias (OC), in place: the bias of the fp32 cuBLAS path, whose SGEMM has no epilogue (cuBLASLt adds
+// it in the bf16 path). One thread per 16-byte chunk of out: grid ceil(N*OC / (BIAS_ADD_BLOCK*x128::size)), block
+// BIAS_ADD_BLOCK; OC % x128::size == 0. Fast: 128-bit loads and stores; the bias chunks stay in L1 across rows.
+extern "C" __global__ void __launch_bounds__(BIAS_ADD_BLOCK) add_bias_kernel(
+        floatX* __restrict__ out, const floatX* __restrict__ bias, int N, int OC) {
+    const size_t idx = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * x128::size;
+    if (idx >= (size_t)N * OC) { return; }
+    const int c = (int)(idx % (size_t)OC);
+    x128 o = load128(out + idx);
+    const x128 b = load128(bias + c);
+    for (int k = 0; k < x128::size; k++) { o.set(k, o.get(k) + b.get(k)); }
+    store128(out + idx, o);
 }
 
 // Loads 8 consecutive elements src[0..8) (when k0 + 8 <= K and `vec`, two or one 128-bit loads) as floats;

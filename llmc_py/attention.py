@@ -7,10 +7,17 @@ permuted once into `qkvr` (3,B,NH,T,HS) so every product is a batched matmul ove
 the backward reuses the caller's buffers: `scratch` for the permuted dout, `datt` for datt and then, in
 place, dpreatt. The 1/sqrt(HS) scale sits inside the softmax (exp(s * (x - max))) on unscaled q @ k^T.
 dinp is assigned (=), not accumulated: it is the gradient of the QKV matmul's output.
+On the GPU (kernels_cu/attention.cu plus cuBLAS strided-batched GEMMs) the forward computes q @ k^T straight
+into att and runs the softmax in place there, and uses `inp` (free once permuted) for att @ v: no extra scratch.
 """
 import math
 
 import numpy as np
+
+from llmc_py import blas
+from llmc_py.cuda import launch, on_device, precision_of, x128_size
+
+PERMUTE_BLOCK, SOFTMAX_BLOCK = 256, 256  # kernels_cu/attention.cu; the softmax runs one warp per row
 
 # ----------------------------------------------------------------------------
 # NumPy reference
@@ -31,7 +38,10 @@ def _upper(T):
 
 def attention_forward(out, qkvr, att, inp, NH):
     """inp (B,T,3C) rows [q|k|v] -> qkvr (3,B,NH,T,HS) permuted q,k,v; att (B,NH,T,T) causal softmax
-    probabilities of q k^T / sqrt(HS) (exact 0 for j > i); out (B,T,C) = att @ v, heads concatenated."""
+    probabilities of q k^T / sqrt(HS) (exact 0 for j > i); out (B,T,C) = att @ v, heads concatenated.
+    On the GPU inp is overwritten (it is the scratch of att @ v)."""
+    if on_device(out):
+        return _forward_gpu(out, qkvr, att, inp, NH)
     B, T, C3 = inp.shape
     C = C3 // 3
     HS = C // NH
@@ -53,6 +63,8 @@ def attention_backward(dinp, dqkvr, datt, scratch, dout, qkvr, att, NH):
     Buffers: scratch (B*T*C elements) receives the permuted dout (B,NH,T,HS); datt (B,NH,T,T) receives
     dout_h @ v^T and then dpreatt; dqkvr (3,B,NH,T,HS) receives dq, dk, dv. qkvr and att as saved by the forward.
     """
+    if on_device(dinp):
+        return _backward_gpu(dinp, dqkvr, datt, scratch, dout, qkvr, att, NH)
     B, T, C = dout.shape
     HS = C // NH
     scale = 1.0 / math.sqrt(HS)
@@ -71,3 +83,53 @@ def attention_backward(dinp, dqkvr, datt, scratch, dout, qkvr, att, NH):
     np.matmul(datt, k, out=dq)
     np.matmul(datt.swapaxes(-1, -2), q, out=dk)
     np.copyto(_view(dinp, (B, T, 3, NH, HS)), dqkvr.transpose(1, 3, 0, 2, 4))
+
+# ----------------------------------------------------------------------------
+# launchers (kernels_cu/attention.cu, cuBLAS for the products)
+
+
+def _dims(B, T, NH, HS, p):
+    X = x128_size(p)
+    assert HS % X == 0, f"attention: head size {HS} must be a multiple of {X}"
+    permute_grid = (math.ceil(B * NH * T * HS / (PERMUTE_BLOCK * X)),)
+    softmax_grid = (math.ceil(B * NH * T / (SOFTMAX_BLOCK // 32)),)
+    return permute_grid, softmax_grid, (np.int32(B), np.int32(T), np.int32(NH), np.int32(HS))
+
+
+def _forward_gpu(out, qkvr, att, inp, NH):
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    HS = C // NH
+    BNH = B * NH
+    p = precision_of(out)
+    permute_grid, softmax_grid, dims = _dims(B, T, NH, HS, p)
+    q, k, v = qkvr[0], qkvr[1], qkvr[2]
+    launch("attention", "permute_kernel", permute_grid, (PERMUTE_BLOCK,), (q, k, v, inp) + dims, p)
+    att3 = att.reshape(BNH, T, T)
+    blas.batched_matmul(att3, q.reshape(BNH, T, HS), k.reshape(BNH, T, HS), trans_b=True)  # preatt, unscaled
+    launch("attention", "softmax_forward_kernel", softmax_grid, (SOFTMAX_BLOCK,),
+           (att, att, np.int32(BNH), np.int32(T), np.float32(1.0 / math.sqrt(HS))), p)
+    y = inp.reshape(-1)[:B * T * C].reshape(BNH, T, HS)  # inp is free once permuted
+    blas.batched_matmul(y, att3, v.reshape(BNH, T, HS))
+    launch("attention", "unpermute_kernel", permute_grid, (PERMUTE_BLOCK,), (out, y) + dims, p)
+
+
+def _backward_gpu(dinp, dqkvr, datt, scratch, dout, qkvr, att, NH):
+    B, T, C = dout.shape
+    HS = C // NH
+    BNH = B * NH
+    p = precision_of(dinp)
+    permute_grid, softmax_grid, dims = _dims(B, T, NH, HS, p)
+    dy = scratch.reshape(-1)[:B * T * C].reshape(BNH, T, HS)
+    launch("attention", "unpermute_backward_kernel", permute_grid, (PERMUTE_BLOCK,), (dy, dout) + dims, p)
+    q, k, v = (x.reshape(BNH, T, HS) for x in (qkvr[0], qkvr[1], qkvr[2]))
+    dq, dk, dv = (x.reshape(BNH, T, HS) for x in (dqkvr[0], dqkvr[1], dqkvr[2]))
+    att3, datt3 = att.reshape(BNH, T, T), datt.reshape(BNH, T, T)
+    blas.batched_matmul(datt3, dy, v, trans_b=True)   # datt = dy @ v^T
+    blas.batched_matmul(dv, att3, dy, trans_a=True)   # dv = att^T @ dy
+    launch("attention", "softmax_backward_kernel", softmax_grid, (SOFTMAX_BLOCK,),
+           (datt3, datt3, att3, np.int32(BNH), np.int32(T), np.float32(1.0 / math.sqrt(HS))), p)
+    blas.batched_matmul(dq, datt3, k)                 # dq = dpreatt @ k
+    blas.batched_matmul(dk, datt3, q, trans_a=True)   # dk = dpreatt^T @ q
+    launch("attention", "permute_backward_kernel", permute_grid, (PERMUTE_BLOCK,),
+           (dinp, dqkvr[0], dqkvr[1], dqkvr[2]) + dims, p)

@@ -7,11 +7,21 @@ cupy.cuda.nvrtc with the same options plus the ones RawModule appends itself, so
 on a machine with no GPU and no driver. CuPy's disk cache keys on the .cu text and the options but not on the
 headers a kernel includes, so the options carry a digest of kernels_cu/*.cuh: editing common.cuh recompiles.
 CuPy is imported only inside the functions that need it, never when this module is imported.
+
+The second half is the device side every launcher shares: `require_device` (one clear line when no GPU
+answers), `init_device` (the GPU, its properties and one stream made current, which every launch, cuBLAS call,
+copy and NCCL call then runs on), floatX storage (bf16 lives in uint16 arrays: CuPy has no bfloat16 dtype; the
+host converts with ml_dtypes, round to nearest even), `launch` (kernels loaded once per (file, precision)), and
+a step timer that uses CUDA events on the GPU and the wall clock on the CPU.
 """
 import functools
 import hashlib
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from llmc_py import LlmcError
 
@@ -152,6 +162,188 @@ def load_module(name, precision, name_expressions=None):
     return module
 
 
+_functions = {}
+
+
 def get_kernel(name, precision, kernel):
-    """One kernel function of kernels_cu/<name>.cu, e.g. get_kernel('gelu', 'bf16', 'gelu_forward_kernel')."""
-    return load_module(name, precision).get_function(kernel)
+    """One kernel function of kernels_cu/<name>.cu, e.g. get_kernel('gelu', 'bf16', 'gelu_forward_kernel');
+    looked up once per (file, precision, kernel, device) and kept."""
+    import cupy
+
+    key = (name, precision, kernel, cupy.cuda.Device().id)
+    function = _functions.get(key)
+    if function is None:
+        function = load_module(name, precision).get_function(kernel)
+        _functions[key] = function
+    return function
+
+
+def launch(name, kernel, grid, block, args, precision, shared_mem=0):
+    """Launches kernels_cu/<name>.cu's `kernel` on the current stream. args follow the kernel's signature with
+    numpy scalar types (int -> np.int32, size_t -> np.uint64, ptrdiff_t -> np.int64, float -> np.float32,
+    unsigned -> np.uint32; a null pointer is np.uint64(0)) and C-contiguous device arrays for pointers."""
+    get_kernel(name, precision, kernel)(tuple(int(g) for g in grid), tuple(int(b) for b in block), tuple(args),
+                                        shared_mem=int(shared_mem))
+
+# ----------------------------------------------------------------------------
+# floatX storage and the host side of it
+
+FLOATX_DTYPES = {"bf16": np.dtype(np.uint16), "fp32": np.dtype(np.float32)}  # device storage of floatX
+NULL = np.uint64(0)  # a null pointer argument
+
+
+def floatx_dtype(precision):
+    if precision not in FLOATX_DTYPES:
+        raise LlmcError(f"precision {precision!r}: expected one of {', '.join(FLOATX_DTYPES)}")
+    return FLOATX_DTYPES[precision]
+
+
+def precision_of(array):
+    """'bf16' for a uint16 (bf16 bit pattern) device array, 'fp32' for a float32 one."""
+    if array.dtype == np.uint16:
+        return "bf16"
+    if array.dtype == np.float32:
+        return "fp32"
+    raise LlmcError(f"a floatX buffer must be uint16 (bf16) or float32, found {array.dtype}")
+
+
+def x128_size(precision):
+    """Elements in one 16-byte packet of floatX (kernels_cu/common.cuh's x128::size)."""
+    return 8 if precision == "bf16" else 4
+
+
+def on_device(array):
+    """True for a device array (anything but a plain numpy.ndarray): the launchers dispatch on this."""
+    return type(array) is not np.ndarray
+
+
+def host_floatx(values, precision):
+    """A host array in the device storage of floatX: float32, or bf16 bits as uint16 (round to nearest even
+    from float32; bf16 values are taken as they are)."""
+    import ml_dtypes
+
+    values = np.asarray(values)
+    if precision == "fp32":
+        return np.ascontiguousarray(values, dtype=np.float32)
+    if values.dtype != np.dtype(ml_dtypes.bfloat16):
+        values = np.ascontiguousarray(values, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    return np.ascontiguousarray(values).view(np.uint16)
+
+
+def to_host(array):
+    """A float32 (or int) numpy copy of a device array; bf16 bits (uint16) are widened exactly. A numpy
+    array is returned as it is."""
+    import ml_dtypes
+
+    if not on_device(array):
+        return array
+    host = array.get()
+    if host.dtype == np.uint16:
+        host = host.view(ml_dtypes.bfloat16).astype(np.float32)
+    return host
+
+# ----------------------------------------------------------------------------
+# the device
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str                 # deviceProp.name, what the MFU table is keyed on
+    num_sms: int
+    max_threads_per_sm: int
+    compute_capability: str   # e.g. "90"
+    total_memory: int         # bytes
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def require_device(what="--device cuda", hint="; use --device cpu"):
+    """Imports CuPy and checks that at least one CUDA device answers; otherwise raises one LlmcError line
+    (`what`: the flag or program that needs the GPU, `hint`: what to do instead)."""
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a CuPy that fails to load its CUDA libraries
+        raise LlmcError(f"{what}: no CUDA device found (cupy cannot be imported: {_one_line(e)}); install the "
+                        f"GPU requirements (requirements.txt){hint}") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, or CuPy built for another CUDA
+        raise LlmcError(f"{what}: no CUDA device found (cupy {cupy.__version__}: {type(e).__name__}: "
+                        f"{_one_line(e)}){hint}") from None
+    if count < 1:
+        raise LlmcError(f"{what}: no CUDA device found (cupy {cupy.__version__} sees 0 devices){hint}")
+    return count
+
+
+_devices = {}
+
+
+def init_device(index=0, what="--device cuda", hint="; use --device cpu"):
+    """Makes GPU `index` current with one stream of ours (a blocking stream: ordered with anything that still
+    runs on the legacy default stream) as the current stream, and returns its DeviceInfo. Idempotent."""
+    require_device(what, hint)
+    import cupy
+
+    count = cupy.cuda.runtime.getDeviceCount()
+    if not 0 <= index < count:
+        raise LlmcError(f"--device cuda: GPU {index} requested (local rank), but only {count} visible")
+    cupy.cuda.Device(index).use()
+    if index not in _devices:
+        props = cupy.cuda.runtime.getDeviceProperties(index)
+        name = props["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        info = DeviceInfo(index=index, name=name, num_sms=int(props["multiProcessorCount"]),
+                          max_threads_per_sm=int(props["maxThreadsPerMultiProcessor"]),
+                          compute_capability=f"{props['major']}{props['minor']}",
+                          total_memory=int(props["totalGlobalMem"]))
+        _devices[index] = (info, cupy.cuda.Stream(non_blocking=False))
+    info, stream = _devices[index]
+    stream.use()
+    return info
+
+
+def device_info():
+    """The DeviceInfo of the current GPU (init_device runs on first use)."""
+    import cupy
+
+    index = cupy.cuda.Device().id
+    if index not in _devices:
+        init_device(index)
+    return _devices[index][0]
+
+
+def memory_usage():
+    """(used MiB, total MiB) of the current GPU."""
+    import cupy
+
+    free, total = cupy.cuda.runtime.memGetInfo()
+    return (total - free) >> 20, total >> 20
+
+
+class StepTimer:
+    """Milliseconds between start() and stop(): CUDA events recorded on the current stream for the GPU (stop()
+    waits for the GPU), perf_counter for the CPU. Made once, reused every step."""
+
+    def __init__(self, gpu):
+        self.gpu = gpu
+        if gpu:
+            import cupy
+            self._start, self._end = cupy.cuda.Event(), cupy.cuda.Event()
+        self._t0 = 0.0
+
+    def start(self):
+        if self.gpu:
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+
+    def stop(self):
+        if not self.gpu:
+            return (time.perf_counter() - self._t0) * 1000.0
+        import cupy
+        self._end.record()
+        self._end.synchronize()
+        return float(cupy.cuda.get_elapsed_time(self._start, self._end))

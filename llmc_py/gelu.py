@@ -3,10 +3,15 @@
 Design decision: the backward is in place on the gradient (d *= gelu'(x)), the way llm.c runs it on the
 scratch buffer that already holds the gradient, and it needs only the saved pre-GELU input x, never the
 GELU output. The forward writes `out` while still reading `inp`, so out must not be inp (asserted).
+The GPU kernels (kernels_cu/gelu.cu) compute the same formulas in f32 with the fast-math tanhf/coshf.
 """
 import math
 
 import numpy as np
+
+from llmc_py.cuda import launch, on_device, precision_of, x128_size
+
+GELU_BLOCK = 512  # kernels_cu/gelu.cu
 
 GELU_SCALING_FACTOR = math.sqrt(2.0 / math.pi)  # python floats: float32 arrays stay float32 (NEP 50)
 GELU_CUBE = 0.044715
@@ -17,6 +22,8 @@ GELU_CUBE = 0.044715
 
 def gelu_forward(out, inp):
     """out = gelu(inp), elementwise; out and inp same shape, float32, and not overlapping."""
+    if on_device(out):
+        return _launch("gelu_forward_kernel", out, inp)
     assert not np.may_share_memory(out, inp), "gelu_forward: out must not alias inp"
     np.multiply(inp, inp, out=out)  # out is the scratch for u = k (x + c x^3)
     out *= inp
@@ -37,6 +44,8 @@ def gelu_backward_inplace(d_in_out, inp):
     with sech^2 u = 1 / cosh^2 u as llm.c computes it: accurate in the tails, where 1 - tanh^2 u has
     cancelled to float32 noise. cosh overflows to inf for |u| > 89, where sech^2 = 0 is the right value.
     """
+    if on_device(d_in_out):
+        return _launch("gelu_backward_inplace_kernel", d_in_out, inp)
     a = inp * inp
     u = a * GELU_CUBE
     u += 1.0
@@ -56,3 +65,14 @@ def gelu_backward_inplace(d_in_out, inp):
     u *= 0.5
     a += u  # the local gradient
     d_in_out *= a
+
+# ----------------------------------------------------------------------------
+# launchers (kernels_cu/gelu.cu)
+
+
+def _launch(kernel, out, inp):
+    N = inp.size
+    p = precision_of(out)
+    X = x128_size(p)
+    assert N % X == 0, f"gelu: {N} elements, expected a multiple of {X}"
+    launch("gelu", kernel, (math.ceil(N / (GELU_BLOCK * X)),), (GELU_BLOCK,), (out, inp, np.uint64(N)), p)

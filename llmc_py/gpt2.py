@@ -3,10 +3,16 @@
 The one decision that shapes this file: every buffer is planned up front, so a training step allocates
 nothing. Parameters and gradients are each one flat array with a view per tensor in llm.c's file order;
 the optimizer state (m, v, master) is flat over this rank's ZeRO-1 shard; activations are sized once for
-the largest (B, T) and every call takes views of them for its own (B, T). Buffers are reused the way
-llm.c reuses them: `output` is the forward scratch, then the logits, then dlogits and datt; in the
-backward residual3[L-1] becomes the (B,T,C) gradient scratch, fch[l] holds dq/dk/dv and atty[l] the
-permuted dout. Recompute (-r 1: GELU, -r 2: GELU and layernorms) trades those activations for work.
+the largest (B, T), live in one allocation (typed views at 256-byte aligned offsets), and every call takes
+views of them for its own (B, T). Buffers are reused the way llm.c reuses them: `output` is the forward
+scratch, then the logits, then dlogits and datt; in the backward residual3[L-1] becomes the (B,T,C) gradient
+scratch, fch[l] holds dq/dk/dv and atty[l] the permuted dout. Recompute (-r 1: GELU, -r 2: GELU and
+layernorms) trades those activations for work.
+One code path serves both devices: `xp` is numpy (--device cpu, float32) or cupy (--device cuda, floatX =
+bf16 stored as uint16, or fp32), and each op picks its implementation from the array type. The GPU adds a
+few buffers the NumPy ops do not need (token ids on the device, the encoder backward's bucket tables, an f32
+scratch for the deterministic reductions) and allocates m, v and master at start-up instead of at the first
+update; the loss and the grad norm come back to the host once per step.
 With several processes (`comm`, llmc_py.zero) the last micro step averages each layer's gradients right
 after that layer's backward (all-reduce, or with ZeRO-1 reduce-scatter into the owned parts), and ZeRO-1
 all-gathers the parameters after the update; with one process those calls do nothing.
@@ -17,18 +23,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc_py import LlmcError
-from llmc_py.adamw import adamw_update
+from llmc_py import blas, cuda
+from llmc_py.adamw import adamw_update, init_from_master
 from llmc_py.attention import attention_backward, attention_forward
-from llmc_py.checkpoint import (MODEL_VERSION_FP32, STATE_MAGIC, STATE_VERSION, TrainingState, read_model,
-                                read_state, write_model, write_state)
+from llmc_py.cast import cast_floatx_to_f32
+from llmc_py.checkpoint import (MODEL_VERSION_BF16, MODEL_VERSION_FP32, STATE_MAGIC, STATE_VERSION, TrainingState,
+                                read_model, read_state, write_model, write_state)
 from llmc_py.config import DECAYED, LAYERED, config_from_descriptor
 from llmc_py.encoder import encoder_backward, encoder_forward
 from llmc_py.fileio import read_header
 from llmc_py.fused_classifier import fused_classifier
 from llmc_py.gelu import gelu_forward
-from llmc_py.global_norm import global_norm_squared
-from llmc_py.layernorm import fused_residual_forward, layernorm_backward, layernorm_forward
-from llmc_py.matmul import matmul_backward, matmul_forward
+from llmc_py.global_norm import global_norm_squared, global_sum, norm_slots
+from llmc_py.layernorm import backward_scratch_floats, fused_residual_forward, layernorm_backward, layernorm_forward
+from llmc_py.matmul import bias_scratch_floats, fp16_scratch_elements, matmul_backward, matmul_forward
 from llmc_py.rand import gpt2_random_init, random_u32
 from llmc_py.zero import SingleProcess
 
@@ -38,6 +46,9 @@ BETA1, BETA2, EPS = 0.9, 0.95, 1e-8
 # the encoder backward (wte, wpe, lnfw, lnfb), as llm.c's gpt2_backward_and_reduce
 LAYER_GRADS = LAYERED
 REST_GRADS = (0, 1, 14, 15)
+DEVICES = ("cpu", "cuda")
+MATMUL_VARIANTS = ("cublas", "custom", "fp16fc")
+ARENA_ALIGN = 256  # bytes: every activation view starts 256-byte aligned (cuBLAS and 128-bit loads want 16)
 
 
 @dataclass(frozen=True)
@@ -57,24 +68,67 @@ class Shard:
         return self.process_rank if self.zero_stage == 1 else 0
 
 
+def plan_arena(entries):
+    """[(name, dtype, count)] -> ({name: (byte offset, dtype, count)}, total bytes), each buffer starting at a
+    multiple of ARENA_ALIGN bytes."""
+    layout, offset = {}, 0
+    for name, dtype, count in entries:
+        dtype = np.dtype(dtype)
+        layout[name] = (offset, dtype, int(count))
+        offset += -(-int(count) * dtype.itemsize // ARENA_ALIGN) * ARENA_ALIGN
+    return layout, offset
+
+
 class GPT2:
     def __init__(self, config, params, recompute=1, gelu_fusion=0, use_master_weights=True,
-                 shard=Shard(), rng_seed=13371337, comm=None):
+                 shard=Shard(), rng_seed=13371337, comm=None, device="cpu", precision="fp32", matmul="cublas",
+                 tf32=False):
+        if device not in DEVICES:
+            raise LlmcError(f"--device {device}: expected one of {', '.join(DEVICES)}")
+        if device == "cpu" and precision != "fp32":
+            raise LlmcError(f"--precision {precision}: --device cpu runs fp32 only")
+        if matmul not in MATMUL_VARIANTS:
+            raise LlmcError(f"--matmul {matmul}: expected one of {', '.join(MATMUL_VARIANTS)}")
+        if matmul != "cublas" and (device != "cuda" or precision != "fp32"):
+            raise LlmcError(f"--matmul {matmul}: the matmul variants exist for --device cuda --precision fp32 only")
         self.config = config
         self.comm = SingleProcess() if comm is None else comm
         self.recompute = recompute
         self.gelu_fusion = gelu_fusion
         self.use_master_weights = use_master_weights
         self.shard = shard
-        self.params = np.ascontiguousarray(params, dtype=np.float32)
-        self.grads = np.zeros_like(self.params)
+        self.device, self.precision, self.matmul = device, precision, matmul
+        self.tf32 = bool(tf32) and device == "cuda" and precision == "fp32"  # TF32 math for the fp32 GEMMs
+        self.gpu = device == "cuda"
+        if self.gpu:
+            import cupy
+            self.xp = cupy
+            self.device_info = cuda.device_info()
+            self.floatx = cuda.floatx_dtype(precision)
+            self.params = cupy.empty(config.num_parameters, dtype=self.floatx)
+            self.params.set(cuda.host_floatx(params, precision))
+        else:
+            self.xp = np
+            self.device_info = None
+            self.floatx = np.dtype(np.float32)
+            self.params = np.ascontiguousarray(params, dtype=np.float32)
+        self.grads = self.xp.zeros(config.num_parameters, dtype=self.floatx)
         self.param_views = self._views(self.params)
         self.grad_views = self._views(self.grads)
+        # the same views with the layered tensors split into per-layer views once: p[4][l] is then a list lookup,
+        # not a new array view per call (on the GPU every view costs microseconds of Python, every step)
+        self._p = [list(v) if i in LAYERED else v for i, v in enumerate(self.param_views)]
+        self._g = [list(v) if i in LAYERED else v for i, v in enumerate(self.grad_views)]
         self.rng_state = rng_seed
         self.rng_state_last_update = rng_seed
         self.shard_num_parameters = self._shard_size()
-        self.m = self.v = self.master = None  # allocated at the first update or by a state load
+        self.m = self.v = self.master = None  # CPU: made at the first update or a state load; GPU: at allocate
+        self.optimizer_ready = False           # m, v (and master) hold a state: after the first update or a load
+        self.scalars = self.xp.zeros(2, dtype=np.float32)  # [grad norm squared, loss sum], read back per step
         self.acts = None
+        self.bufs = {}                         # GPU-only buffers in the same allocation as the activations
+        self._view_cache = {}                  # (name, layer, shape) -> activation view, per allocation
+        self.arena_bytes = 0
         self.B = self.T = 0
         self.mean_loss = -1.0
 
@@ -83,8 +137,10 @@ class GPT2:
 
     @classmethod
     def from_checkpoint(cls, path, **kwargs):
+        """A version 3 (f32) or 5 (bf16) model file; a bf16 run rounds f32 weights to nearest even, an fp32 run
+        widens bf16 ones exactly."""
         config, params, _ = read_model(path)
-        return cls(config, params.astype(np.float32), **kwargs)
+        return cls(config, params, **kwargs)
 
     @classmethod
     def from_descriptor(cls, descriptor, **kwargs):
@@ -97,7 +153,7 @@ class GPT2:
 
     def set_shard(self, shard):
         """Chooses this rank's optimizer shard (the ZeRO stage) before the optimizer state exists."""
-        if self.m is not None:
+        if self.m is not None or self.optimizer_ready:
             raise LlmcError("the ZeRO shard cannot change once the optimizer state exists")
         self.shard = shard
         self.shard_num_parameters = self._shard_size()
@@ -108,14 +164,22 @@ class GPT2:
                             f"{self.shard.parts} processes")
         return self.config.num_parameters // self.shard.parts
 
+    def host(self, array):
+        """A host float32 view or copy of one of this model's arrays (the array itself on the CPU)."""
+        return cuda.to_host(array)
+
     def write_model(self, path):
-        write_model(path, self.config, self.params, MODEL_VERSION_FP32)
+        """The live floatX parameters: version 5 (bf16) or 3 (fp32)."""
+        version = MODEL_VERSION_BF16 if self.precision == "bf16" else MODEL_VERSION_FP32
+        write_model(path, self.config, self.host(self.params), version)
 
     # ------------------------------------------------------------------
     # activations
 
     def allocate(self, B, T):
-        """Plans and allocates every activation for batches up to (B, T); llm.c's table of 10.6."""
+        """Plans and allocates every activation for batches up to (B, T) in one allocation, llm.c's table of
+        10.6, memset to 0 once; on the GPU also its own buffers and the optimizer state. Returns the element
+        counts of the 21 activation tensors."""
         c = self.config
         if T > c.max_seq_len:
             raise LlmcError(f"-t {T}: the sequence length must be at most the model's max_seq_len {c.max_seq_len}")
@@ -128,17 +192,67 @@ class GPT2:
             ln2_mean=L * BT, ln2_rstd=L * BT, fch=L * BT * 4 * C, fch_gelu=(L if r == 0 else 1) * BT * 4 * C,
             residual3=L * BT * C, lnf=BT * C, lnf_mean=BT, lnf_rstd=BT, losses=BT, qkvr=L * BT * 3 * C,
             output=BT * max(3 * C, NH * T, Vp), scratch_bt4c=BT * 4 * C, scratch_btc=BT * C)
-        self.acts = {name: np.zeros(n, dtype=np.float32) for name, n in sizes.items()}
+        f32_names = ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "losses")
+        entries = [(name, np.float32 if name in f32_names else self.floatx, n) for name, n in sizes.items()]
+        extras = self._extra_buffers(B, T) if self.gpu else []
+        layout, total = plan_arena(entries + extras)
+        arena = self.xp.zeros(max(total, 1), dtype=np.uint8)
+        views = {name: arena[off:off + n * dt.itemsize].view(dt) for name, (off, dt, n) in layout.items()}
+        self.acts = {name: views[name] for name in sizes}
+        self.bufs = {name: views[name] for name, _, _ in extras}
+        self._view_cache = {}
+        self.arena_bytes = total
         self.B, self.T = B, T
+        if self.gpu:
+            blas.context().set_tf32(self.tf32)  # handles and workspace now, not inside the first step
+        if self.gpu and self.m is None:
+            n = self.shard_num_parameters
+            self.m = self.xp.empty(n, dtype=np.float32)
+            self.v = self.xp.empty(n, dtype=np.float32)
+            if self.use_master_weights:
+                self.master = self.xp.empty(n, dtype=np.float32)
         return sizes
 
+    def _extra_buffers(self, B, T):
+        """The GPU-only buffers: token ids, the wte-backward tables, the f32 scratch of the deterministic
+        reductions (layernorm and bias backward), the grad-norm slots, and --matmul fp16fc's fp16 operands."""
+        c, info = self.config, self.device_info
+        L, C, BT = c.num_layers, c.channels, B * T
+        scratch = max([backward_scratch_floats(C, info.num_sms)] +
+                      [bias_scratch_floats(BT, OC, self.precision, info.num_sms) for OC in (C, 3 * C, 4 * C)])
+        extras = [("inputs", np.int32, BT), ("targets", np.int32, BT), ("bucket_info", np.int32, 4 * BT),
+                  ("workload", np.int32, BT), ("scratch_f32", np.float32, scratch),
+                  ("norm_slots", np.float32, norm_slots(L, info))]
+        if self.matmul == "fp16fc":
+            extras.append(("fp16", np.uint16, fp16_scratch_elements(BT, C, 4 * C)))
+        return extras
+
+    def memory_report(self):
+        """llm.c's start-up lines: MiB per buffer group (and the device's memory use on the GPU)."""
+        mib = lambda nbytes: int(nbytes) >> 20  # noqa: E731
+        opt = self.shard_num_parameters * 4
+        lines = [f"allocating {mib(self.grads.nbytes)} MiB for parameter gradients",
+                 f"allocating {mib(self.arena_bytes)} MiB for activations",
+                 f"allocating {mib(opt)} MiB for AdamW optimizer state m",
+                 f"allocating {mib(opt)} MiB for AdamW optimizer state v"]
+        if self.use_master_weights:
+            lines.append(f"allocating {mib(opt)} MiB for master copy of params")
+        if self.gpu:
+            used, total = cuda.memory_usage()
+            lines.append(f"device memory usage: {used} MiB / {total} MiB")
+        return lines
+
     def _layer(self, name, layer, *shape):
-        """View of layer `layer` of a per-layer activation, shaped for the current call."""
-        n = math.prod(shape)
-        return self.acts[name][layer * n:(layer + 1) * n].reshape(shape)
+        """View of layer `layer` of a per-layer activation, shaped for the current call (made once per shape)."""
+        key = (name, layer, shape)
+        view = self._view_cache.get(key)
+        if view is None:
+            n = math.prod(shape)
+            view = self._view_cache[key] = self.acts[name][layer * n:(layer + 1) * n].reshape(shape)
+        return view
 
     def _act(self, name, *shape):
-        return self.acts[name][:math.prod(shape)].reshape(shape)
+        return self._layer(name, 0, *shape)
 
     def _ln_out(self, name, layer, B, T):
         """ln1[l] / ln2[l], or with -r 2 the one shared layernorm output buffer (lnf)."""
@@ -149,11 +263,27 @@ class GPT2:
         C4 = 4 * self.config.channels
         return self._layer("fch_gelu", layer if self.recompute == 0 else 0, B, T, C4)
 
+    def _tokens(self, name, ids):
+        """The ids as the ops take them: the host array on the CPU, its copy in the device buffer on the GPU."""
+        if not self.gpu:
+            return ids
+        B, T = ids.shape
+        buf = self.bufs[name][:B * T]
+        buf.set(np.ascontiguousarray(ids, dtype=np.int32).reshape(-1))
+        return buf.reshape(B, T)
+
+    def _variant(self, fc=False):
+        """The forward matmul variant (fp32 GPU only): our kernel everywhere, or fp16 operands for the fc layer."""
+        if self.matmul == "custom":
+            return "custom"
+        return "fp16" if self.matmul == "fp16fc" and fc else None
+
     # ------------------------------------------------------------------
     # forward
 
     def forward(self, inputs):
-        """inputs int32 (B, T) with B, T up to the allocated sizes; logits land in the `output` buffer."""
+        """inputs int32 (B, T) on the host, with B, T up to the allocated sizes; logits land in the `output`
+        buffer (on the device for the GPU: see host())."""
         c = self.config
         B, T = inputs.shape
         if self.acts is None or B > self.B or T > self.T:
@@ -162,32 +292,34 @@ class GPT2:
             raise LlmcError(f"forward: token ids must lie in [0, {c.vocab_size}), found "
                             f"{int(inputs.min())}..{int(inputs.max())}")
         L, C, NH = c.num_layers, c.channels, c.num_heads
-        p = self.param_views
+        p = self._p
+        variant = self._variant()
         encoded = self._act("encoded", B, T, C)
-        encoder_forward(encoded, inputs, p[0], p[1])
+        encoder_forward(encoded, self._tokens("inputs", inputs), p[0], p[1])
         layernorm_forward(self._ln_out("ln1", 0, B, T), self._layer("ln1_mean", 0, B, T),
                           self._layer("ln1_rstd", 0, B, T), encoded, p[2][0], p[3][0])
         for l in range(L):
             residual = encoded if l == 0 else self._layer("residual3", l - 1, B, T, C)
             ln1 = self._ln_out("ln1", l, B, T)
             qkv = self._act("output", B, T, 3 * C)
-            matmul_forward(qkv, ln1, p[4][l], p[5][l])
+            matmul_forward(qkv, ln1, p[4][l], p[5][l], variant=variant)
             atty = self._layer("atty", l, B, T, C)
             attention_forward(atty, self._layer("qkvr", l, 3, B, NH, T, C // NH),
                               self._layer("att", l, B, NH, T, T), qkv, NH)
             proj = self._act("output", B, T, C)
-            matmul_forward(proj, atty, p[6][l], p[7][l])
+            matmul_forward(proj, atty, p[6][l], p[7][l], variant=variant)
             residual2 = self._layer("residual2", l, B, T, C)
             ln2 = self._ln_out("ln2", l, B, T)
             fused_residual_forward(residual2, ln2, self._layer("ln2_mean", l, B, T),
                                    self._layer("ln2_rstd", l, B, T), residual, proj, p[8][l], p[9][l])
             fch, fch_gelu = self._layer("fch", l, B, T, 4 * C), self._fch_gelu(l, B, T)
+            fc = dict(variant=self._variant(fc=True), scratch=self.bufs.get("fp16"))
             if self.gelu_fusion >= 1:
-                matmul_forward(fch_gelu, ln2, p[10][l], p[11][l], pre_gelu=fch)
+                matmul_forward(fch_gelu, ln2, p[10][l], p[11][l], pre_gelu=fch, **fc)
             else:
-                matmul_forward(fch, ln2, p[10][l], p[11][l])
+                matmul_forward(fch, ln2, p[10][l], p[11][l], **fc)
                 gelu_forward(fch_gelu, fch)
-            matmul_forward(proj, fch_gelu, p[12][l], p[13][l])
+            matmul_forward(proj, fch_gelu, p[12][l], p[13][l], variant=variant)
             if l + 1 < L:
                 out, mean, rstd = (self._ln_out("ln1", l + 1, B, T), self._layer("ln1_mean", l + 1, B, T),
                                    self._layer("ln1_rstd", l + 1, B, T))
@@ -198,18 +330,19 @@ class GPT2:
             fused_residual_forward(self._layer("residual3", l, B, T, C), out, mean, rstd,
                                    residual2, proj, weight, bias)
         logits = self._act("output", B, T, c.padded_vocab_size)
-        matmul_forward(logits, self._act("lnf", B, T, C), p[0])
+        matmul_forward(logits, self._act("lnf", B, T, C), p[0], variant=variant)
         return logits
 
     def validate(self, inputs, targets):
-        """Mean loss of one batch; like llm.c the logits are overwritten with dlogits on the way."""
+        """Mean loss of one batch; like llm.c the logits are overwritten with dlogits on the way, and the
+        per-token losses are summed on the host in float32."""
         B, T = inputs.shape
         self.forward(inputs)
         losses = self._act("losses", B, T)
         losses.fill(0.0)
         fused_classifier(self._act("output", B, T, self.config.padded_vocab_size), losses, 1.0 / (B * T),
-                         targets, self.config.vocab_size)
-        return float(np.float32(losses.sum(dtype=np.float32)) / np.float32(B * T))
+                         self._tokens("targets", targets), self.config.vocab_size)
+        return float(np.float32(self.host(losses).sum(dtype=np.float32)) / np.float32(B * T))
 
     # ------------------------------------------------------------------
     # backward
@@ -220,21 +353,23 @@ class GPT2:
         c = self.config
         B, T = inputs.shape
         L, C, NH, Vp = c.num_layers, c.channels, c.num_heads, c.padded_vocab_size
-        p, g = self.param_views, self.grad_views
+        p, g = self._p, self._g
+        scratch = self.bufs.get("scratch_f32")
         losses = self._act("losses", B, T)
         last_step = micro_step == grad_accum_steps - 1
         if micro_step == 0:
             self.grads.fill(0.0)
             losses.fill(0.0)
         dlogits = self._act("output", B, T, Vp)
-        fused_classifier(dlogits, losses, 1.0 / (B * T * grad_accum_steps), targets, c.vocab_size)
+        fused_classifier(dlogits, losses, 1.0 / (B * T * grad_accum_steps), self._tokens("targets", targets),
+                         c.vocab_size)
 
         dresidual = self._act("scratch_btc", B, T, C)
         dresidual.fill(0.0)
         dlnf = self._act("scratch_bt4c", B, T, C)
-        matmul_backward(dlnf, g[0], None, dlogits, self._act("lnf", B, T, C), p[0])
+        matmul_backward(dlnf, g[0], None, dlogits, self._act("lnf", B, T, C), p[0], scratch=scratch)
         layernorm_backward(dresidual, g[14], g[15], dlnf, self._layer("residual3", L - 1, B, T, C), p[14],
-                           self._act("lnf_mean", B, T), self._act("lnf_rstd", B, T))
+                           self._act("lnf_mean", B, T), self._act("lnf_rstd", B, T), scratch=scratch)
         dl_btc = self._layer("residual3", L - 1, B, T, C)
         for l in reversed(range(L)):
             residual = self._act("encoded", B, T, C) if l == 0 else self._layer("residual3", l - 1, B, T, C)
@@ -245,14 +380,16 @@ class GPT2:
             if self.recompute >= 1:
                 gelu_forward(fch_gelu, fch)
             dl_bt4c = self._act("scratch_bt4c", B, T, 4 * C)
-            matmul_backward(dl_bt4c, g[12][l], g[13][l], dresidual, fch_gelu, p[12][l], pre_gelu=fch)
+            matmul_backward(dl_bt4c, g[12][l], g[13][l], dresidual, fch_gelu, p[12][l], pre_gelu=fch,
+                            scratch=scratch, fuse_gelu=self.gelu_fusion >= 2)
             ln2 = self._ln_out("ln2", l, B, T)
             if self.recompute >= 2:
                 layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p[8][l], p[9][l])
-            matmul_backward(dl_btc, g[10][l], g[11][l], dl_bt4c, ln2, p[10][l])
-            layernorm_backward(dresidual, g[8][l], g[9][l], dl_btc, residual2, p[8][l], ln2_mean, ln2_rstd)
+            matmul_backward(dl_btc, g[10][l], g[11][l], dl_bt4c, ln2, p[10][l], scratch=scratch)
+            layernorm_backward(dresidual, g[8][l], g[9][l], dl_btc, residual2, p[8][l], ln2_mean, ln2_rstd,
+                               scratch=scratch)
             atty = self._layer("atty", l, B, T, C)
-            matmul_backward(dl_btc, g[6][l], g[7][l], dresidual, atty, p[6][l])
+            matmul_backward(dl_btc, g[6][l], g[7][l], dresidual, atty, p[6][l], scratch=scratch)
             dqkv = self._act("scratch_bt4c", B, T, 3 * C)
             dqkvr = self._layer("fch", l, B * T * 4 * C)[:3 * B * T * C].reshape(3, B, NH, T, C // NH)
             attention_backward(dqkv, dqkvr, self._act("output", B, NH, T, T),
@@ -261,16 +398,21 @@ class GPT2:
             ln1 = self._ln_out("ln1", l, B, T)
             if self.recompute >= 2:
                 layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, p[2][l], p[3][l])
-            matmul_backward(dl_btc, g[4][l], g[5][l], dqkv, ln1, p[4][l])
-            layernorm_backward(dresidual, g[2][l], g[3][l], dl_btc, residual, p[2][l], ln1_mean, ln1_rstd)
+            matmul_backward(dl_btc, g[4][l], g[5][l], dqkv, ln1, p[4][l], scratch=scratch)
+            layernorm_backward(dresidual, g[2][l], g[3][l], dl_btc, residual, p[2][l], ln1_mean, ln1_rstd,
+                               scratch=scratch)
             if last_step:
                 self._reduce_gradients(LAYER_GRADS, l)
         # the encoder backward's stochastic-rounding seed: drawn on every device so the rng stream matches
-        _, self.rng_state = random_u32(self.rng_state)
-        encoder_backward(g[0], g[1], dresidual, inputs)
+        seed, self.rng_state = random_u32(self.rng_state)
+        encoder_backward(g[0], g[1], dresidual, inputs, seed=seed, bucket_info=self.bufs.get("bucket_info"),
+                         workload=self.bufs.get("workload"))
         if last_step:
             # loss summed on this rank, averaged over ranks, then divided by this rank's token count
-            loss_sum = self.comm.all_reduce_scalar(losses.sum(dtype=np.float32), "avg")
+            loss_sum = self.scalars[1:2]
+            loss_sum.fill(0.0)
+            global_sum(loss_sum, losses, precision=self.precision)
+            loss_sum = self.comm.all_reduce_scalar(float(loss_sum[0]), "avg")
             self.mean_loss = loss_sum / (B * T * grad_accum_steps)
             self._reduce_gradients(REST_GRADS, 0, T)
 
@@ -319,32 +461,73 @@ class GPT2:
             out.append((i, slice(start, start + own), slice(shard_start, shard_start + own)))
         return out
 
+    def tensor_shards(self):
+        """shard_slices grouped per tensor, in llm.c's sliced layout: (i, start in the full buffers, start in
+        the shard buffers, n owned per slice, num_slices, full stride): slice y of tensor i is
+        [start + y*stride, + n) of params/grads and [shard start + y*n, + n) of m, v, master."""
+        parts, index, L = self.shard.parts, self.shard.index, self.config.num_layers
+        out = []
+        for i, (offset, size) in enumerate(zip(self.config.param_offsets(), self.config.param_sizes())):
+            num_slices = L if i in LAYERED else 1
+            unit = size // num_slices
+            if unit % parts != 0:
+                raise LlmcError(f"ZeRO-1: tensor {i} slices of {unit} elements do not split over {parts} processes")
+            own = unit // parts
+            out.append((i, offset + index * own, offset // parts, own, num_slices, unit))
+        return out
+
+    def _tensor_buffers(self, start, shard_start, n, num_slices, unit):
+        """(params, grads, m, v, master) spans of one tensor's slices, and the slicing keyword arguments."""
+        span, shard_span = (num_slices - 1) * unit + n, num_slices * n
+        w, s = slice(start, start + span), slice(shard_start, shard_start + shard_span)
+        master = None if self.master is None else self.master[s]
+        m = None if self.m is None else self.m[s]
+        v = None if self.v is None else self.v[s]
+        return (self.params[w], self.grads[w], m, v, master), dict(n=n, num_slices=num_slices)
+
     def grad_norm_squared(self):
         """Sum of squares of the gradients: with ZeRO-1 each rank sums its owned parts and the ranks add
         their sums; otherwise every rank holds all the (already averaged) gradients and sums them itself."""
-        acc = np.zeros(1, dtype=np.float32)
+        acc = self.scalars[0:1]
+        acc.fill(0.0)
+        slots = self.bufs.get("norm_slots")
         if self.shard.parts == 1:
-            global_norm_squared(acc, self.grads)
+            global_norm_squared(acc, self.grads, slots=slots)
             return float(acc[0])
-        for _, full, _ in self.shard_slices():
-            global_norm_squared(acc, self.grads[full])
-        return self.comm.all_reduce_scalar(acc[0], "sum")
+        for _, start, shard_start, n, num_slices, unit in self.tensor_shards():
+            (_, grads, _, _, _), kw = self._tensor_buffers(start, shard_start, n, num_slices, unit)
+            global_norm_squared(acc, grads, slots=slots, stride=unit, **kw)
+        return self.comm.all_reduce_scalar(float(acc[0]), "sum")
+
+    def _init_optimizer(self):
+        """The first update of a fresh run: m and v zero, master weights the exact widening of the params."""
+        n = self.shard_num_parameters
+        if self.m is None:  # the CPU makes the optimizer state here
+            self.m = self.xp.zeros(n, dtype=np.float32)
+            self.v = self.xp.zeros(n, dtype=np.float32)
+            if self.use_master_weights:
+                self.master = self.xp.empty(n, dtype=np.float32)
+        else:
+            self.m.fill(0.0)
+            self.v.fill(0.0)
+        if self.use_master_weights:
+            for _, start, shard_start, own, num_slices, unit in self.tensor_shards():
+                (params, _, _, _, master), kw = self._tensor_buffers(start, shard_start, own, num_slices, unit)
+                cast_floatx_to_f32(master, params, dst_stride=own, src_stride=unit, **kw)
+        self.optimizer_ready = True
 
     def update(self, learning_rate, weight_decay, grad_scale, t):
-        """AdamW on this rank's shard; t = step + 1. The first update creates m, v (zeros) and master."""
-        if self.m is None:
-            self.m = np.zeros(self.shard_num_parameters, dtype=np.float32)
-            self.v = np.zeros(self.shard_num_parameters, dtype=np.float32)
-            if self.use_master_weights:
-                self.master = np.empty(self.shard_num_parameters, dtype=np.float32)
-                for _, full, own in self.shard_slices():
-                    self.master[own] = self.params[full]
+        """AdamW on this rank's shard, one call per parameter tensor (its layers as slices); t = step + 1.
+        The first update of a fresh run initializes m, v (zeros) and master."""
+        if not self.optimizer_ready:
+            self._init_optimizer()
         self.rng_state_last_update = self.rng_state
         seeds = self._draw_seeds()
-        for i, full, own in self.shard_slices():
-            adamw_update(self.params[full], self.grads[full], self.m[own], self.v[own],
-                         None if self.master is None else self.master[own], learning_rate, BETA1, BETA2, EPS,
-                         weight_decay if i in DECAYED else 0.0, grad_scale, t, seeds[i])
+        for i, start, shard_start, own, num_slices, unit in self.tensor_shards():
+            (params, grads, m, v, master), kw = self._tensor_buffers(start, shard_start, own, num_slices, unit)
+            adamw_update(params, grads, m, v, master, learning_rate, BETA1, BETA2, EPS,
+                         weight_decay if i in DECAYED else 0.0, grad_scale, t, seeds[i],
+                         w_stride=unit, s_stride=own, **kw)
         self._gather_params()
 
     def _gather_params(self):
@@ -366,14 +549,26 @@ class GPT2:
     # training state files
 
     def write_state(self, path, step, loader):
-        if self.m is None:
+        if not self.optimizer_ready:
             raise LlmcError(f"{path}: no optimizer state to save before the first update")
         loader_state = loader.state()
         write_state(path, TrainingState(
             num_processes=self.shard.num_processes, process_rank=self.shard.process_rank, step=step,
             rng_state=self.rng_state, rng_state_last_update=self.rng_state_last_update,
             shard_idx=loader.current_shard_idx, sample_idx=loader.current_sample_idx,
-            m=self.m, v=self.v, master=self.master, loader=loader_state))
+            m=self.host(self.m), v=self.host(self.v),
+            master=None if self.master is None else self.host(self.master), loader=loader_state))
+
+    def _load_f32(self, name, values):
+        """Optimizer array `name` from host values: taken as it is on the CPU, copied into the GPU buffer."""
+        if not self.gpu:
+            setattr(self, name, values)
+            return
+        buf = getattr(self, name)
+        if buf is None:
+            buf = self.xp.empty(self.shard_num_parameters, dtype=np.float32)
+            setattr(self, name, buf)
+        buf.set(np.ascontiguousarray(values, dtype=np.float32))
 
     def load_state(self, path, loader):
         """Restores optimizer, rng and loader position; returns the step the state was written at."""
@@ -386,18 +581,20 @@ class GPT2:
         state = read_state(path, self.shard_num_parameters)
         if self.use_master_weights and state.master is None:
             raise LlmcError(f"{path}: has no master weights but the run uses them (-w 1); resume with -w 0")
-        self.m, self.v = state.m, state.v
+        self._load_f32("m", state.m)
+        self._load_f32("v", state.v)
         if self.use_master_weights:
-            self.master = state.master
+            self._load_f32("master", state.master)
             # re-derive the params from the master copy consuming the seeds the last update drew, so
             # the (stochastically rounded, on GPU) params are exactly those the last update produced
             self.rng_state = state.rng_state_last_update
-            self._draw_seeds()
-            for _, full, own in self.shard_slices():
-                self.params[full] = self.master[own]
+            seeds = self._draw_seeds()
+            for i, start, shard_start, own, num_slices, unit in self.tensor_shards():
+                (params, _, _, _, master), kw = self._tensor_buffers(start, shard_start, own, num_slices, unit)
+                init_from_master(params, master, seeds[i], w_stride=unit, s_stride=own, **kw)
             self._gather_params()
+        self.optimizer_ready = True
         self.rng_state = state.rng_state
         self.rng_state_last_update = state.rng_state_last_update
         loader.resume(state.shard_idx, state.sample_idx, state.loader)
         return state.step
-

@@ -1,7 +1,8 @@
 """Every kernel of kernels_cu against its NumPy op from llmc_py, on odd shapes, in fp32 and bf16 (tier 4: GPU).
 
 Skipped as a whole when CuPy is missing or no CUDA device answers. The launches here follow the launch contract
-written above each kernel; they move into llmc_py/<layer>.py as launchers later.
+written above each kernel, independently of the launchers in llmc_py/<layer>.py (tests/test_gpu_backend.py
+runs those).
 Inputs are rounded to floatX on the host first, so the NumPy op sees exactly the values the kernel reads; bf16
 data travels as uint16 bit patterns (ml_dtypes converts, round-to-nearest-even), so no CuPy bf16 support is needed.
 Comparison: |actual - expected| <= tol * (|expected| + max|expected|) as in test_ops.py. fp32 tol 1e-4: the
@@ -14,25 +15,14 @@ import math
 import numpy as np
 import pytest
 
-cp = pytest.importorskip("cupy")
-
-
-def _device_count():
-    try:
-        return cp.cuda.runtime.getDeviceCount()
-    except Exception:  # no driver, or CuPy built for another CUDA
-        return 0
-
-
-if _device_count() == 0:
-    pytest.skip("no usable CUDA device", allow_module_level=True)
+from gpu_gate import cp  # noqa: E402  (skips this module without a GPU)
 
 import ml_dtypes  # noqa: E402
 
 from llmc_py.adamw import adamw_update  # noqa: E402
 from llmc_py.attention import attention_backward, attention_forward  # noqa: E402
 from llmc_py.cuda import get_kernel  # noqa: E402
-from llmc_py.encoder import encoder_backward, encoder_forward  # noqa: E402
+from llmc_py.encoder import encoder_backward, encoder_forward, wte_buckets  # noqa: E402
 from llmc_py.fused_classifier import fused_classifier  # noqa: E402
 from llmc_py.gelu import gelu_backward_inplace, gelu_forward  # noqa: E402
 from llmc_py.global_norm import global_norm_squared  # noqa: E402
@@ -132,17 +122,6 @@ def stochastic_round_bf16(values, seed, block, slice_index):
     bits = np.where(low > threshold, bits | np.uint32(0xFFFF), bits & np.uint32(0xFFFF0000))
     return quantize(bits.view(np.float32), "bf16")
 
-
-def wte_buckets(inp):
-    """The wte-backward bucket tables (layout in kernels_cu/encoder.cu): bucket_info (nb, 4) int32 rows
-    [start, size, token, 0] sorted by size descending then token, and workload (B*T,) int32 positions."""
-    tokens = inp.reshape(-1)
-    order = np.argsort(tokens, kind="stable")
-    uniq, start, size = np.unique(tokens[order], return_index=True, return_counts=True)
-    by = np.lexsort((uniq, -size))
-    info = np.zeros((len(uniq), 4), np.int32)
-    info[:, 0], info[:, 1], info[:, 2] = start[by], size[by], uniq[by]
-    return info, order.astype(np.int32)
 
 # ----------------------------------------------------------------------------
 # encoder

@@ -136,6 +136,25 @@ def test_malformed_flags_print_usage(d12_dir, args):
     assert "Usage:" in proc.stdout and "Traceback" not in proc.stderr
 
 
-def test_cuda_device_not_available_yet(d12_dir):
-    proc = run(d12_dir, "train_gpt2cu.py", "-e", "d6", expect=1)
-    assert "--device cuda: the CUDA backend is not available" in proc.stderr
+def _gpu_usable():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, or CuPy built for another CUDA
+        return False
+
+
+@pytest.mark.skipif(_gpu_usable(), reason="a CUDA device answers here")
+@pytest.mark.parametrize("script,args", [("train_gpt2cu.py", ["-e", "d6"]),
+                                         ("test_gpt2cu.py", ["-e", "gpt2_d12_bf16.bin"]),
+                                         ("dev/bench.py", ["--device", "cuda", "-e", "d6"])])
+def test_cuda_without_gpu_is_one_line(d12_dir, script, args):
+    """--device cuda (the default) on a machine with no GPU: one clear line, exit 1, no traceback."""
+    proc = run(d12_dir, script, *args, expect=1)
+    assert proc.stderr.startswith("error: --device cuda: no CUDA device found (cupy")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_matmul_variants_need_cuda_fp32(d12_dir):
+    proc = run(d12_dir, "train_gpt2cu.py", "--device", "cpu", "-e", "d6", "--matmul", "custom", expect=1)
+    assert "--matmul custom: the matmul variants exist for --device cuda --precision fp32 only" in proc.stderr

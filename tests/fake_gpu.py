@@ -1,0 +1,942 @@
+"""A fake GPU for CPU-only tests: stand-ins for `cupy` and for nvmath's `cublas` / `cublasLt` bindings that run
+llmc_py's whole CUDA code path on NumPy memory.
+
+What it checks, on every call the GPU path makes:
+- kernel launches against the `extern "C" __global__` signatures parsed from the kernels_cu source that
+  llmc_py.cuda hands to cupy.RawModule: argument count, the exact numpy scalar type of every scalar parameter
+  (int -> int32, size_t -> uint64, ptrdiff_t -> int64, float -> float32, unsigned -> uint32), and for every
+  pointer a C-contiguous fake device array of the pointee's dtype (floatX = uint16 for bf16, float32 for fp32),
+  16-byte aligned (128-bit loads), never a host array; a null pointer (np.uint64(0)) only where the kernel
+  accepts one. Grid and block within CUDA's limits, block equal to the kernel's __launch_bounds__ (the kernels
+  index shared memory with those constants), dynamic shared memory within 48 KiB, and per kernel that the grid
+  covers the work and every buffer is big enough for what the kernel touches (RULES below).
+- cuBLAS / cuBLASLt calls at the level of raw pointers: every matrix footprint (rows, cols, ld) must lie inside
+  one device allocation, op(A) op(B) dimensions must agree with m, n, k, the layouts, epilogue pointers and
+  leading dimensions must fit, the stream must be the current CuPy stream and the workspace a device buffer.
+With emulate=True it also computes: each kernel by NumPy (the llmc_py references where they exist, rounding to
+bf16 where the kernel stores floatX; stochastic rounding becomes round-to-nearest) and each GEMM from the raw
+pointers in column-major, so the GPU orchestration can be compared with the CPU path number for number.
+Install with `install(monkeypatch, emulate=...)`, which puts the modules into sys.modules for one test.
+"""
+import ctypes
+import math
+import re
+import sys
+import types
+from enum import IntEnum
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels_cu"
+BF16 = np.dtype(ml_dtypes.bfloat16)
+SMEM_LIMIT = 48 << 10
+
+# ----------------------------------------------------------------------------
+# device memory
+
+
+class _Memory:
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class DeviceArray(np.ndarray):
+    """NumPy memory posing as a cupy.ndarray: `.data.ptr`, `.get()`, `.set()`; NumPy functions and ufuncs on it
+    raise (as implicit host conversion does with CuPy), so the GPU path must go through kernels, cuBLAS and
+    cupy methods only."""
+
+    @property
+    def data(self):
+        return _Memory(self.__array_interface__["data"][0])
+
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        return np.array(self.view(np.ndarray), copy=True, order="C")
+
+    def set(self, arr, stream=None):
+        if type(arr) is not np.ndarray:
+            raise TypeError(f"set: expected a numpy.ndarray, got {type(arr).__name__}")
+        if arr.size != self.size:
+            raise ValueError(f"set: shape mismatch {arr.shape} into {self.shape}")
+        if arr.dtype != self.dtype:
+            raise TypeError(f"set: {arr.dtype} array cannot be set to a {self.dtype} array")
+        if not self.flags.c_contiguous:
+            raise RuntimeError("set: cannot set to a non-contiguous array")
+        self.view(np.ndarray).reshape(-1)[...] = arr.reshape(-1)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        raise TypeError(f"numpy ufunc {ufunc.__name__} applied to a device array")
+
+    def __array_function__(self, func, types_, args, kwargs):
+        raise TypeError(f"numpy function {func.__name__} applied to a device array")
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion of a device array to a NumPy array is not allowed")
+
+    def __repr__(self):
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype}, ptr={self.data.ptr:#x})"
+
+    __str__ = __repr__
+
+    def __bool__(self):
+        raise TypeError("truth value of a device array")
+
+
+def plain(a):
+    """The NumPy array behind a DeviceArray (a view, same memory)."""
+    return a.view(np.ndarray)
+
+
+class Registry:
+    """Every fake device allocation: (start address, nbytes, backing uint8 array)."""
+
+    def __init__(self):
+        self.allocations = []
+
+    def allocate(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        shape = (shape,) if np.isscalar(shape) else tuple(shape)
+        nbytes = math.prod(shape) * dtype.itemsize
+        raw = np.zeros(nbytes + 512, dtype=np.uint8)
+        skip = (-raw.ctypes.data) % 256  # cudaMalloc returns 256-byte aligned memory
+        buf = raw[skip:skip + nbytes]
+        self.allocations.append((buf.ctypes.data, nbytes, buf))
+        return buf.view(dtype).reshape(shape).view(DeviceArray)
+
+    def find(self, ptr, nbytes):
+        for start, size, buf in self.allocations:
+            if start <= ptr and ptr + nbytes <= start + size:
+                return buf, ptr - start
+        raise AssertionError(f"device memory [{ptr:#x}, +{nbytes}) is not inside one device allocation")
+
+    def matrix(self, ptr, dtype, rows, cols, ld, batch=1, stride=0):
+        """Column-major (rows x cols) matrices at ptr, leading dimension ld, `batch` of them `stride` elements
+        apart: a strided view (batch, rows, cols) of the device memory."""
+        dtype = np.dtype(dtype)
+        assert rows >= 1 and cols >= 1 and batch >= 1, f"matrix dims {rows}x{cols} x{batch}"
+        assert ld >= rows, f"leading dimension {ld} < rows {rows}"
+        assert ptr % dtype.itemsize == 0, f"pointer {ptr:#x} not aligned to {dtype}"
+        extent = ((batch - 1) * stride + (cols - 1) * ld + rows) * dtype.itemsize
+        buf, offset = self.find(ptr, extent)
+        its = dtype.itemsize
+        return np.ndarray((batch, rows, cols), dtype=dtype, buffer=buf, offset=offset,
+                          strides=(stride * its, its, ld * its))
+
+
+# ----------------------------------------------------------------------------
+# floatX values
+
+
+def to_f32(a):
+    """float32 values of a device array (bf16 bits widened)."""
+    a = plain(a) if isinstance(a, DeviceArray) else a
+    if a.dtype == np.uint16:
+        return a.view(BF16).astype(np.float32)
+    return a.astype(np.float32)
+
+
+def store(a, values):
+    """Writes float32 values into a device array, rounding to nearest even for bf16 storage."""
+    dst = plain(a)
+    values = np.asarray(values, dtype=np.float32).reshape(dst.shape)
+    if dst.dtype == np.uint16:
+        dst[...] = values.astype(BF16).view(np.uint16)
+    else:
+        dst[...] = values
+
+
+def flat(a, n=None):
+    """The first n elements of a device array, flat (a view)."""
+    f = plain(a).reshape(-1)
+    return f if n is None else f[:n]
+
+# ----------------------------------------------------------------------------
+# kernel signatures
+
+
+KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\(([^)]*)\)\s*)?(\w+)\s*\(([^)]*)\)',
+                       re.S)
+DEFINE_RE = re.compile(r"^#define\s+(\w+)\s+(\d+)\b", re.M)
+SCALAR_TYPES = {"int": np.int32, "unsigned int": np.uint32, "unsigned": np.uint32, "size_t": np.uint64,
+                "ptrdiff_t": np.int64, "float": np.float32}
+POINTEE_TYPES = {"float": np.float32, "int": np.int32, "int4": np.int32, "unsigned short": np.uint16,
+                 "unsigned int": np.uint32}
+
+
+def parse_kernels(source):
+    """{kernel name: {"params": [(name, kind, type)], "bound": int or None}} of every extern "C" __global__
+    function; kind is "ptr" or "scalar", type the C base type ("floatX" kept symbolic)."""
+    defines = {name: int(value) for name, value in DEFINE_RE.findall(source)}
+    kernels = {}
+    for bound, name, params in KERNEL_RE.findall(source):
+        parsed = []
+        for param in params.split(","):
+            words = param.replace("__restrict__", " ").replace("const", " ").replace("*", " * ").split()
+            assert len(words) >= 2, f"{name}: cannot parse parameter {param!r}"
+            pname = words[-1]
+            kind = "ptr" if "*" in words else "scalar"
+            ctype = " ".join(w for w in words[:-1] if w != "*")
+            parsed.append((pname, kind, ctype))
+        value = None
+        if bound:
+            first = bound.split(",")[0].strip()
+            value = int(first) if first.isdigit() else defines[first]
+        kernels[name] = {"params": parsed, "bound": value}
+    return kernels
+
+
+def kernel_sources():
+    """{file stem: source} of kernels_cu/*.cu."""
+    return {p.stem: p.read_text() for p in sorted(KERNELS_DIR.glob("*.cu"))}
+
+# ----------------------------------------------------------------------------
+# per-kernel rules: the grid covers the work, the buffers hold what the kernel touches
+
+
+def _c(n, d):
+    return -(-n // d)
+
+
+def _size(a):
+    return a.size if isinstance(a, DeviceArray) else 0
+
+
+def _rules(name, a, grid, block, shared, X, itemsize):
+    """Assertions about one launch of kernel `name`; `a` maps parameter names to arguments."""
+    gx, gy = grid[0], grid[1] if len(grid) > 1 else 1
+    bx = block[0]
+    if name == "encoder_forward_kernel":
+        B, T, C = int(a["B"]), int(a["T"]), int(a["C"])
+        assert C % X == 0 and gx * bx * X >= B * T * C, "the grid does not cover B*T*C"
+        assert _size(a["out"]) >= B * T * C, "out is smaller than B*T*C"
+        assert _size(a["inp"]) >= B * T and _size(a["wpe"]) >= T * C and _size(a["wte"]) % C == 0
+    elif name == "wpe_backward_kernel":
+        B, T, C = int(a["B"]), int(a["T"]), int(a["C"])
+        assert gx * bx * X >= T * C and _size(a["dwpe"]) >= T * C and _size(a["dout"]) >= B * T * C
+    elif name == "wte_backward_kernel":
+        C = int(a["C"])
+        assert gy * 32 * X >= C and _size(a["bucket_info"]) == 4 * gx, "one bucket_info row per block row"
+        info = flat(a["bucket_info"]).reshape(-1, 4)
+        assert (info[:, 1] > 0).all() and (np.diff(info[:, 1]) <= 0).all(), "buckets sorted by size, descending"
+        assert int(info[:, 1].sum()) == _size(a["workload"]), "the buckets cover the workload"
+        assert len(np.unique(info[:, 2])) == len(info), "one bucket per token"
+        assert _size(a["dwte"]) >= (int(info[:, 2].max()) + 1) * C
+        assert _size(a["dout"]) >= (int(flat(a["workload"]).max()) + 1) * C
+    elif name in ("layernorm_forward_kernel", "fused_residual_forward_kernel"):
+        N, C = int(a["N"]), int(a["C"])
+        warps = bx // 32
+        assert bx % 32 == 0 and gx * warps >= N and C % X == 0
+        assert shared == warps * C * itemsize, f"shared memory {shared} for {warps} rows of {C}"
+        rows = ("out", "inp") if name == "layernorm_forward_kernel" else ("residual", "normed", "inp1", "inp2")
+        for key in rows:
+            assert _size(a[key]) >= N * C, f"{key}: {_size(a[key])} < N*C"
+        for key in ("mean", "rstd"):
+            assert a[key] is None or _size(a[key]) >= N
+        assert _size(a["weight"]) == C and _size(a["bias"]) == C
+    elif name == "layernorm_backward_kernel":
+        N, C = int(a["N"]), int(a["C"])
+        R = max(1, bx // (C // X))
+        assert C % X == 0 and shared >= 2 * R * C * 4
+        assert _size(a["scratch"]) >= gx * 2 * C
+        for key in ("dinp", "dout", "inp"):
+            assert _size(a[key]) >= N * C
+        assert _size(a["mean"]) >= N and _size(a["rstd"]) >= N and _size(a["weight"]) == C
+    elif name == "layernorm_backward_reduce_kernel":
+        C, G = int(a["C"]), int(a["num_blocks"])
+        assert gx * bx >= C and _size(a["scratch"]) >= G * 2 * C
+        assert _size(a["dweight"]) == C and _size(a["dbias"]) == C
+    elif name in ("permute_kernel", "permute_backward_kernel", "unpermute_kernel", "unpermute_backward_kernel"):
+        n = int(a["B"]) * int(a["NH"]) * int(a["T"]) * int(a["HS"])
+        assert int(a["HS"]) % X == 0 and gx * bx * X >= n
+        for key, value in a.items():
+            if isinstance(value, DeviceArray):
+                assert _size(value) >= (3 * n if key in ("inp", "dinp") else n), f"{key} too small"
+    elif name in ("softmax_forward_kernel", "softmax_backward_kernel"):
+        rows, T = int(a["BNH"]) * int(a["T"]), int(a["T"])
+        assert gx * (bx // 32) >= rows
+        for key, value in a.items():
+            if isinstance(value, DeviceArray):
+                assert _size(value) >= rows * T, f"{key} too small"
+    elif name in ("gelu_forward_kernel", "gelu_backward_inplace_kernel"):
+        N = int(a["N"])
+        assert N % X == 0 and gx * bx * X >= N
+        for key, value in a.items():
+            if isinstance(value, DeviceArray):
+                assert _size(value) >= N
+    elif name == "matmul_backward_bias_kernel":
+        N, OC = int(a["N"]), int(a["OC"])
+        assert OC % X == 0 and gx * 32 * X >= OC and _size(a["partials"]) >= gy * OC and _size(a["dout"]) >= N * OC
+    elif name == "matmul_backward_bias_reduce_kernel":
+        OC = int(a["OC"])
+        assert gx * bx >= OC and _size(a["partials"]) >= int(a["num_rows"]) * OC and _size(a["dbias"]) == OC
+    elif name == "add_bias_kernel":
+        N, OC = int(a["N"]), int(a["OC"])
+        assert OC % X == 0 and gx * bx * X >= N * OC and _size(a["out"]) >= N * OC and _size(a["bias"]) == OC
+    elif name == "matmul_forward_kernel":
+        N, C, OC = int(a["N"]), int(a["C"]), int(a["OC"])
+        assert gx * 128 >= OC and gy * 128 >= N
+        assert _size(a["out"]) >= N * OC and _size(a["inp"]) >= N * C and _size(a["weight"]) == OC * C
+        assert a["bias"] is None or _size(a["bias"]) == OC
+    elif name == "fused_classifier_kernel":
+        BT, V, P = int(a["BT"]), int(a["V"]), int(a["P"])
+        assert gx == BT and P % X == 0 and V <= P and _size(a["logits"]) >= BT * P
+        assert _size(a["losses"]) >= BT and _size(a["targets"]) >= BT
+        t = flat(a["targets"], BT)
+        assert t.min() >= 0 and t.max() < V, "targets in [0, V)"
+    elif name in ("adamw_kernel", "init_from_master_kernel"):
+        n, ws, ss = int(a["n"]), int(a["w_stride"]), int(a["s_stride"])
+        assert gx * bx >= n and n < 2 ** 31
+        if gy > 1:
+            assert ws >= n and ss >= n
+        w_extent, s_extent = (gy - 1) * ws + n, (gy - 1) * ss + n
+        assert _size(a["params"]) >= w_extent and (a["master"] is None or _size(a["master"]) >= s_extent)
+        if name == "adamw_kernel":
+            assert _size(a["grads"]) >= w_extent and _size(a["m"]) >= s_extent and _size(a["v"]) >= s_extent
+    elif name == "global_norm_squared_kernel":
+        count, stride = int(a["count"]), int(a["stride"])
+        assert _size(a["slots"]) >= gx * gy and _size(a["values"]) >= (gy - 1) * stride + count
+    elif name == "global_norm_aggregate_kernel":
+        assert gx == 1 and _size(a["slots"]) >= int(a["num_slots"]) and _size(a["out"]) >= 1
+    elif name in ("cast_f32_to_floatX_kernel", "cast_floatX_to_f32_kernel"):
+        n, ds, ss = int(a["n"]), int(a["dst_stride"]), int(a["src_stride"])
+        assert gx * bx >= n and _size(a["dst"]) >= (gy - 1) * ds + n and _size(a["src"]) >= (gy - 1) * ss + n
+    elif name == "cast_f32_to_f16_kernel":
+        n = int(a["n"])
+        assert gx * bx >= n and _size(a["dst"]) >= n and _size(a["src"]) >= n
+    else:
+        raise AssertionError(f"no launch rule for kernel {name}: add one to tests/fake_gpu.py")
+
+
+# kernels whose pointers need only element alignment (scalar accesses only) ...
+SCALAR_ACCESS = {"adamw_kernel", "init_from_master_kernel", "cast_f32_to_floatX_kernel", "cast_floatX_to_f32_kernel",
+                 "cast_f32_to_f16_kernel", "global_norm_squared_kernel", "global_norm_aggregate_kernel",
+                 "matmul_backward_bias_reduce_kernel", "layernorm_backward_reduce_kernel"}
+# ... and the scalar-access parameters of the others (read off the kernel bodies); every other pointer goes
+# through Packed128 loads/stores (or is an int4*) and must be 16-byte aligned
+SCALAR_PARAMS = {"encoder_forward_kernel": {"inp"}, "wte_backward_kernel": {"workload"},
+                 "layernorm_forward_kernel": {"mean", "rstd"}, "fused_residual_forward_kernel": {"mean", "rstd"},
+                 "layernorm_backward_kernel": {"mean", "rstd", "scratch"},
+                 "softmax_forward_kernel": {"att", "preatt"}, "softmax_backward_kernel": {"dpreatt", "datt", "att"},
+                 "fused_classifier_kernel": {"losses", "targets"}, "matmul_forward_kernel": {"out", "bias"}}
+# pointer parameters that may be null
+NULLABLE = {("layernorm_forward_kernel", "mean"), ("layernorm_forward_kernel", "rstd"),
+            ("fused_residual_forward_kernel", "mean"), ("fused_residual_forward_kernel", "rstd"),
+            ("adamw_kernel", "master"), ("matmul_forward_kernel", "bias")}
+
+# ----------------------------------------------------------------------------
+# kernel emulation (NumPy)
+
+
+def _ln(x, w, b):
+    from llmc_py.layernorm import layernorm_forward
+    out = np.empty_like(x)
+    mean, rstd = np.empty(x.shape[:-1], np.float32), np.empty(x.shape[:-1], np.float32)
+    layernorm_forward(out, mean, rstd, x, w, b)
+    return out, mean, rstd
+
+
+def _emulate(name, a, grid, block):
+    from llmc_py.adamw import _adamw_block
+    from llmc_py.gelu import gelu_backward_inplace, gelu_forward
+    gx, gy = grid[0], grid[1] if len(grid) > 1 else 1
+    if name == "encoder_forward_kernel":
+        B, T, C = int(a["B"]), int(a["T"]), int(a["C"])
+        ids = flat(a["inp"], B * T).reshape(B, T)
+        wte, wpe = to_f32(a["wte"]).reshape(-1, C), to_f32(a["wpe"]).reshape(-1, C)
+        store(flat(a["out"], B * T * C), wte[ids] + wpe[:T])
+    elif name == "wpe_backward_kernel":
+        B, T, C = int(a["B"]), int(a["T"]), int(a["C"])
+        d = to_f32(flat(a["dout"], B * T * C)).reshape(B, T, C).sum(axis=0).reshape(-1)
+        dst = flat(a["dwpe"], T * C)
+        store(dst, to_f32(dst) + d)
+    elif name == "wte_backward_kernel":
+        C = int(a["C"])
+        info = flat(a["bucket_info"]).reshape(-1, 4)
+        work = flat(a["workload"])
+        dout = to_f32(a["dout"]).reshape(-1, C)
+        dwte = flat(a["dwte"]).reshape(-1, C)
+        for start, size, token, _ in info:
+            rows = work[start:start + size]
+            store(dwte[token], to_f32(dwte[token]) + dout[rows].sum(axis=0))
+    elif name == "layernorm_forward_kernel":
+        N, C = int(a["N"]), int(a["C"])
+        out, mean, rstd = _ln(to_f32(flat(a["inp"], N * C)).reshape(N, C), to_f32(a["weight"]), to_f32(a["bias"]))
+        store(flat(a["out"], N * C), out)
+        for key, value in (("mean", mean), ("rstd", rstd)):
+            if a[key] is not None:
+                flat(a[key], N)[...] = value
+    elif name == "fused_residual_forward_kernel":
+        N, C = int(a["N"]), int(a["C"])
+        res = to_f32(flat(a["inp1"], N * C)) + to_f32(flat(a["inp2"], N * C))
+        store(flat(a["residual"], N * C), res)
+        out, mean, rstd = _ln(to_f32(flat(a["residual"], N * C)).reshape(N, C), to_f32(a["weight"]),
+                              to_f32(a["bias"]))  # the residual as stored
+        store(flat(a["normed"], N * C), out)
+        for key, value in (("mean", mean), ("rstd", rstd)):
+            if a[key] is not None:
+                flat(a[key], N)[...] = value
+    elif name == "layernorm_backward_kernel":
+        N, C = int(a["N"]), int(a["C"])
+        x, dout = to_f32(flat(a["inp"], N * C)).reshape(N, C), to_f32(flat(a["dout"], N * C)).reshape(N, C)
+        w, mean, rstd = to_f32(a["weight"]), flat(a["mean"], N), flat(a["rstd"], N)
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        dnorm = dout * w
+        dx = (dnorm - dnorm.mean(-1, keepdims=True) - xhat * (dnorm * xhat).mean(-1, keepdims=True)) * rstd[:, None]
+        dinp = flat(a["dinp"], N * C)
+        store(dinp, to_f32(dinp) + dx.reshape(-1))
+        rows = _c(N, gx)
+        scratch = flat(a["scratch"], gx * 2 * C).reshape(gx, 2, C)
+        for g in range(gx):
+            r = slice(g * rows, min(N, (g + 1) * rows))
+            scratch[g, 0] = dout[r].sum(axis=0)
+            scratch[g, 1] = (xhat[r] * dout[r]).sum(axis=0)
+    elif name == "layernorm_backward_reduce_kernel":
+        C, G = int(a["C"]), int(a["num_blocks"])
+        s = flat(a["scratch"], G * 2 * C).reshape(G, 2, C).sum(axis=0)
+        store(a["dbias"], to_f32(a["dbias"]) + s[0])
+        store(a["dweight"], to_f32(a["dweight"]) + s[1])
+    elif name in ("permute_kernel", "permute_backward_kernel", "unpermute_kernel", "unpermute_backward_kernel"):
+        B, T, NH, HS = (int(a[k]) for k in ("B", "T", "NH", "HS"))
+        n = B * NH * T * HS
+        if name == "permute_kernel":
+            x = flat(a["inp"], 3 * n).reshape(B, T, 3, NH, HS)
+            for i, key in enumerate("qkv"):
+                flat(a[key], n).reshape(B, NH, T, HS)[...] = x[:, :, i].transpose(0, 2, 1, 3)
+        elif name == "permute_backward_kernel":
+            d = flat(a["dinp"], 3 * n).reshape(B, T, 3, NH, HS)
+            for i, key in enumerate(("dq", "dk", "dv")):
+                d[:, :, i] = flat(a[key], n).reshape(B, NH, T, HS).transpose(0, 2, 1, 3)
+        elif name == "unpermute_kernel":
+            flat(a["out"], n).reshape(B, T, NH, HS)[...] = flat(a["y"], n).reshape(B, NH, T, HS).transpose(0, 2, 1, 3)
+        else:
+            flat(a["dy"], n).reshape(B, NH, T, HS)[...] = flat(a["dout"], n).reshape(B, T, NH, HS).transpose(0, 2, 1, 3)
+    elif name == "softmax_forward_kernel":
+        BNH, T, s = int(a["BNH"]), int(a["T"]), float(a["scale"])
+        x = to_f32(flat(a["preatt"], BNH * T * T)).reshape(BNH, T, T).astype(np.float64)
+        upper = np.triu(np.ones((T, T), bool), 1)
+        x[:, upper] = -np.inf
+        e = np.exp(s * (x - x.max(-1, keepdims=True)))
+        store(flat(a["att"], BNH * T * T), e / e.sum(-1, keepdims=True))
+    elif name == "softmax_backward_kernel":
+        BNH, T, s = int(a["BNH"]), int(a["T"]), float(a["scale"])
+        att = to_f32(flat(a["att"], BNH * T * T)).reshape(BNH, T, T)
+        datt = to_f32(flat(a["datt"], BNH * T * T)).reshape(BNH, T, T)
+        d = s * att * (datt - (att * datt).sum(-1, keepdims=True))
+        d[:, np.triu(np.ones((T, T), bool), 1)] = 0.0
+        store(flat(a["dpreatt"], BNH * T * T), d)
+    elif name == "gelu_forward_kernel":
+        N = int(a["N"])
+        out = np.empty(N, np.float32)
+        gelu_forward(out, to_f32(flat(a["inp"], N)))
+        store(flat(a["out"], N), out)
+    elif name == "gelu_backward_inplace_kernel":
+        N = int(a["N"])
+        d = to_f32(flat(a["d_in_out"], N))
+        gelu_backward_inplace(d, to_f32(flat(a["inp"], N)))
+        store(flat(a["d_in_out"], N), d)
+    elif name == "matmul_backward_bias_kernel":
+        N, OC = int(a["N"]), int(a["OC"])
+        d = to_f32(flat(a["dout"], N * OC)).reshape(N, OC)
+        block_row = (np.arange(N) // (block[0] // 32)) % gy  # warp w of block row sy sums rows sy*8 + w + k*8*gy
+        partials = flat(a["partials"], gy * OC).reshape(gy, OC)
+        for sy in range(gy):
+            partials[sy] = d[block_row == sy].sum(axis=0)
+    elif name == "matmul_backward_bias_reduce_kernel":
+        OC, rows = int(a["OC"]), int(a["num_rows"])
+        store(a["dbias"], to_f32(a["dbias"]) + flat(a["partials"], rows * OC).reshape(rows, OC).sum(axis=0))
+    elif name == "add_bias_kernel":
+        N, OC = int(a["N"]), int(a["OC"])
+        out = flat(a["out"], N * OC)
+        store(out, (to_f32(out).reshape(N, OC) + to_f32(a["bias"])).reshape(-1))
+    elif name == "matmul_forward_kernel":
+        N, C, OC = int(a["N"]), int(a["C"]), int(a["OC"])
+        y = to_f32(flat(a["inp"], N * C)).reshape(N, C) @ to_f32(a["weight"]).reshape(OC, C).T
+        if a["bias"] is not None:
+            y += to_f32(a["bias"])
+        store(flat(a["out"], N * OC), y.reshape(-1))
+    elif name == "fused_classifier_kernel":
+        from llmc_py.fused_classifier import fused_classifier
+        BT, V, P = int(a["BT"]), int(a["V"]), int(a["P"])
+        logits = flat(a["logits"], BT * P).reshape(BT, P)
+        x = to_f32(logits)
+        losses = flat(a["losses"], BT)
+        fused_classifier(x, losses, float(a["dloss"]), flat(a["targets"], BT), V)
+        store(logits[:, :V], x[:, :V])
+    elif name == "adamw_kernel":
+        n, ws, ss = int(a["n"]), int(a["w_stride"]), int(a["s_stride"])
+        for y in range(gy):
+            w, s = slice(y * ws, y * ws + n), slice(y * ss, y * ss + n)
+            params = to_f32(flat(a["params"])[w])
+            master = None if a["master"] is None else flat(a["master"])[s]
+            _adamw_block(params, to_f32(flat(a["grads"])[w]), flat(a["m"])[s], flat(a["v"])[s], master, a["lr"],
+                         a["beta1"], a["beta2"], a["eps"], a["weight_decay"], a["grad_scale"],
+                         a["beta1_correction"], a["beta2_correction"])
+            store(flat(a["params"])[w], params)
+    elif name == "init_from_master_kernel":
+        n, ws, ss = int(a["n"]), int(a["w_stride"]), int(a["s_stride"])
+        for y in range(gy):
+            store(flat(a["params"])[y * ws:y * ws + n], flat(a["master"])[y * ss:y * ss + n])
+    elif name == "global_norm_squared_kernel":
+        count, stride = int(a["count"]), int(a["stride"])
+        slots = flat(a["slots"])
+        for y in range(gy):
+            v = to_f32(flat(a["values"])[y * stride:y * stride + count]).astype(np.float64)
+            slots[y * gx] += np.float32(np.dot(v, v))
+    elif name == "global_norm_aggregate_kernel":
+        flat(a["out"])[0] += flat(a["slots"], int(a["num_slots"])).sum(dtype=np.float32)
+    elif name in ("cast_f32_to_floatX_kernel", "cast_floatX_to_f32_kernel"):
+        n, ds, ss = int(a["n"]), int(a["dst_stride"]), int(a["src_stride"])
+        for y in range(gy):
+            store(flat(a["dst"])[y * ds:y * ds + n], to_f32(flat(a["src"])[y * ss:y * ss + n]))
+    elif name == "cast_f32_to_f16_kernel":
+        n = int(a["n"])
+        flat(a["dst"], n)[...] = flat(a["src"], n).astype(np.float16).view(np.uint16)
+    else:
+        raise AssertionError(f"no emulation for kernel {name}")
+
+# ----------------------------------------------------------------------------
+# fake cupy
+
+
+class FakeGPU:
+    """State shared by the fake modules: allocations, launches and BLAS calls recorded, the current stream."""
+
+    def __init__(self, emulate=False, device_name="NVIDIA H100 80GB HBM3", num_sms=132):
+        self.emulate = emulate
+        self.registry = Registry()
+        self.launches = []     # (kernel, precision, grid, block)
+        self.blas_calls = []   # (function, details)
+        self.modules = {}
+        self.device_name, self.num_sms = device_name, num_sms
+        self.stream_ptr = 0
+        self.math_mode = {}
+
+    # kernels ------------------------------------------------------------
+
+    def compile(self, code, options):
+        precision = "bf16" if "-DENABLE_BF16" in options else "fp32" if "-DENABLE_FP32" in options else None
+        assert precision is not None, f"RawModule options carry no precision define: {options}"
+        assert any(o.startswith("-I") for o in options), "the include path of common.cuh is missing"
+        return precision, parse_kernels(code)
+
+    def launch(self, kernel, precision, sig, grid, block, args, shared_mem):
+        where = f"{kernel} ({precision})"
+        for dims, what, limits in ((grid, "grid", (2 ** 31 - 1, 65535, 65535)), (block, "block", (1024, 1024, 64))):
+            assert isinstance(dims, tuple) and 1 <= len(dims) <= 3, f"{where}: {what} {dims!r} must be a 1-3 tuple"
+            for d, limit in zip(dims, limits):
+                assert type(d) is int and 1 <= d <= limit, f"{where}: {what} {dims} out of range"
+        assert math.prod(block) <= 1024, f"{where}: block {block} has more than 1024 threads"
+        if sig["bound"] is not None:
+            assert math.prod(block) == sig["bound"], f"{where}: block {block}, the kernel is built for {sig['bound']}"
+        else:
+            assert math.prod(block) % 32 == 0, f"{where}: block {block} is not whole warps"
+        assert type(shared_mem) is int and 0 <= shared_mem <= SMEM_LIMIT, f"{where}: shared memory {shared_mem}"
+        params = sig["params"]
+        assert isinstance(args, tuple) and len(args) == len(params), \
+            f"{where}: {len(args)} arguments for {len(params)} parameters {[p[0] for p in params]}"
+        floatx = np.dtype(np.uint16 if precision == "bf16" else np.float32)
+        named = {}
+        for (pname, kind, ctype), arg in zip(params, args):
+            what = f"{where} argument {pname} ({ctype}{'*' if kind == 'ptr' else ''})"
+            if kind == "scalar":
+                expected = SCALAR_TYPES[ctype]
+                assert type(arg) is expected, f"{what}: expected {expected.__name__}, got {type(arg).__name__}"
+                named[pname] = arg
+                continue
+            if type(arg) is np.uint64:
+                assert int(arg) == 0, f"{what}: raw pointer values are not used by llmc_py; expected a device array"
+                assert (kernel, pname) in NULLABLE, f"{what}: null pointer where the kernel needs memory"
+                named[pname] = None
+                continue
+            assert isinstance(arg, DeviceArray), f"{what}: expected a device array, got {type(arg).__name__}"
+            expected = floatx if ctype == "floatX" else np.dtype(POINTEE_TYPES[ctype])
+            assert arg.dtype == expected, f"{what}: dtype {arg.dtype}, expected {expected}"
+            assert arg.flags.c_contiguous, f"{what}: not C-contiguous (shape {arg.shape}, strides {arg.strides})"
+            scalar = kernel in SCALAR_ACCESS or pname in SCALAR_PARAMS.get(kernel, ())
+            align = arg.dtype.itemsize if scalar else 16
+            assert arg.data.ptr % align == 0, f"{what}: address {arg.data.ptr:#x} not {align}-byte aligned"
+            self.registry.find(arg.data.ptr, arg.nbytes)
+            named[pname] = arg
+        X = 8 if precision == "bf16" else 4
+        try:
+            _rules(kernel, named, grid, block, shared_mem, X, floatx.itemsize)
+        except AssertionError as e:
+            raise AssertionError(f"{where} grid {grid} block {block} shared {shared_mem}: {e}") from None
+        self.launches.append((kernel, precision, grid, block))
+        if self.emulate:
+            _emulate(kernel, named, grid, block)
+
+    # modules ------------------------------------------------------------
+
+    def cupy_module(self):
+        gpu = self
+        cupy = types.ModuleType("cupy")
+        cupy.__version__ = "14.0.0 (fake)"
+        cupy.ndarray = DeviceArray
+        for name in ("float32", "float16", "float64", "uint16", "int32", "uint32", "int64", "uint64", "uint8"):
+            setattr(cupy, name, getattr(np, name))
+
+        def empty(shape, dtype=np.float32, order="C"):
+            return gpu.registry.allocate(shape, dtype)
+
+        def asarray(a, dtype=None):
+            if isinstance(a, DeviceArray):
+                return a
+            host = np.asarray(a, dtype=dtype)
+            out = gpu.registry.allocate(host.shape, host.dtype)
+            plain(out)[...] = host
+            return out
+
+        cupy.empty = empty
+        cupy.zeros = empty  # the registry hands out zeroed memory
+        cupy.asarray = asarray
+        cupy.asnumpy = lambda a, stream=None: a.get() if isinstance(a, DeviceArray) else np.asarray(a)
+
+        class RawKernel:
+            def __init__(self, name, precision, sig):
+                self.name, self.precision, self.sig = name, precision, sig
+
+            def __call__(self, grid, block, args, shared_mem=0, stream=None):
+                gpu.launch(self.name, self.precision, self.sig, grid, block, args, shared_mem)
+
+        class RawModule:
+            def __init__(self, code=None, options=(), name_expressions=None, **kwargs):
+                self.precision, self.kernels = gpu.compile(code, tuple(options))
+
+            def compile(self):
+                pass
+
+            def get_function(self, name):
+                assert name in self.kernels, f"no kernel {name} in this module ({sorted(self.kernels)})"
+                return RawKernel(name, self.precision, self.kernels[name])
+
+        cupy.RawModule = RawModule
+
+        cuda = types.ModuleType("cupy.cuda")
+        compiler = types.ModuleType("cupy.cuda.compiler")
+        compiler.CompileException = type("CompileException", (Exception,), {})
+        cuda.compiler = compiler
+        nccl = types.ModuleType("cupy.cuda.nccl")
+        nccl.available = False
+        cuda.nccl = nccl
+        runtime = types.ModuleType("cupy.cuda.runtime")
+        runtime.getDeviceCount = lambda: 1
+        runtime.getDeviceProperties = lambda i: {
+            "name": gpu.device_name.encode(), "multiProcessorCount": gpu.num_sms,
+            "maxThreadsPerMultiProcessor": 2048, "major": 9, "minor": 0, "totalGlobalMem": 80 << 30}
+        runtime.memGetInfo = lambda: (70 << 30, 80 << 30)
+        cuda.runtime = runtime
+
+        class Device:
+            def __init__(self, index=0):
+                self.id = index
+
+            def use(self):
+                assert self.id == 0, "the fake has one GPU"
+
+            def synchronize(self):
+                pass
+
+            compute_capability = "90"
+
+        class Stream:
+            _next = [0x5000]
+
+            def __init__(self, non_blocking=False, null=False):
+                Stream._next[0] += 0x10
+                self.ptr = 0 if null else Stream._next[0]
+
+            def use(self):
+                gpu.stream_ptr = self.ptr
+                return self
+
+            def synchronize(self):
+                pass
+
+        class Event:
+            def __init__(self, *args, **kwargs):
+                self.recorded = False
+
+            def record(self, stream=None):
+                self.recorded = True
+
+            def synchronize(self):
+                assert self.recorded, "synchronize on an event never recorded"
+
+        def get_elapsed_time(start, end):
+            assert start.recorded and end.recorded
+            return 1.0
+
+        cuda.Device, cuda.Stream, cuda.Event, cuda.get_elapsed_time = Device, Stream, Event, get_elapsed_time
+        cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=gpu.stream_ptr, synchronize=lambda: None)
+        cupy.cuda = cuda
+        return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.nccl": nccl,
+                "cupy.cuda.compiler": compiler}
+
+    def nvmath_modules(self):
+        cublas, lt = _fake_cublas(self), _fake_cublaslt(self)
+        nvmath = types.ModuleType("nvmath")
+        bindings = types.ModuleType("nvmath.bindings")
+        bindings.cublas, bindings.cublasLt = cublas, lt
+        nvmath.bindings = bindings
+        return {"nvmath": nvmath, "nvmath.bindings": bindings, "nvmath.bindings.cublas": cublas,
+                "nvmath.bindings.cublasLt": lt}
+
+# ----------------------------------------------------------------------------
+# fake nvmath bindings (enum values and argument lists as nvmath-python 1.0's)
+
+
+DATA_TYPES = {0: np.dtype(np.float32), 2: np.dtype(np.float16), 14: np.dtype(np.uint16)}
+
+
+def _values(matrix):
+    """float64 values of (batch, rows, cols) matrices of any of the three storage types."""
+    if matrix.dtype == np.uint16:
+        return matrix.view(BF16).astype(np.float64)
+    return matrix.astype(np.float64)
+
+
+def _store_matrix(matrix, values):
+    if matrix.dtype == np.uint16:
+        matrix[...] = values.astype(np.float32).astype(BF16).view(np.uint16)
+    else:
+        matrix[...] = values.astype(matrix.dtype)
+
+
+def _host_f32(ptr):
+    return ctypes.c_float.from_address(ptr).value
+
+
+def _gemm(gpu, what, transa, transb, m, n, k, alpha, a, atype, lda, stride_a, b, btype, ldb, stride_b, beta, c,
+          ctype, ldc, stride_c, batch, store=True):
+    """D = alpha op(A) op(B) + beta C, column-major, checked against the device allocations. Returns the C view
+    and (emulating) the float64 result, stored into C unless store is False (an epilogue follows)."""
+    for name, value in (("m", m), ("n", n), ("k", k), ("batch", batch)):
+        assert type(value) is int and value >= 1, f"{what}: {name} = {value!r}"
+    assert transa in (0, 1) and transb in (0, 1), f"{what}: transposes {transa}, {transb}"
+    reg = gpu.registry
+    A = reg.matrix(a, DATA_TYPES[atype], *((k, m) if transa else (m, k)), lda, batch, stride_a)
+    B = reg.matrix(b, DATA_TYPES[btype], *((n, k) if transb else (k, n)), ldb, batch, stride_b)
+    C = reg.matrix(c, DATA_TYPES[ctype], m, n, ldc, batch, stride_c)
+    if batch > 1:
+        for x, stride, rows, cols, ld in ((A, stride_a, *A.shape[1:], lda), (B, stride_b, *B.shape[1:], ldb),
+                                          (C, stride_c, m, n, ldc)):
+            assert stride >= ld * (cols - 1) + rows, f"{what}: batch stride {stride} overlaps matrices"
+    gpu.blas_calls.append((what, dict(m=m, n=n, k=k, transa=transa, transb=transb, batch=batch)))
+    result = None
+    if gpu.emulate:
+        opA = _values(A).transpose(0, 2, 1) if transa else _values(A)
+        opB = _values(B).transpose(0, 2, 1) if transb else _values(B)
+        result = alpha * (opA @ opB)
+        if beta != 0.0:
+            result += beta * _values(C)
+        if store:
+            _store_matrix(C, result)
+    return C, result
+
+
+def _fake_cublas(gpu):
+    mod = types.ModuleType("nvmath.bindings.cublas")
+    mod.Operation = IntEnum("Operation", {"N": 0, "T": 1, "C": 2, "CONJG": 3})
+    mod.Math = IntEnum("Math", {"DEFAULT_MATH": 0, "TENSOR_OP_MATH": 1, "PEDANTIC_MATH": 2, "TF32_TENSOR_OP_MATH": 3})
+    mod.ComputeType = IntEnum("ComputeType", {"COMPUTE_16F": 64, "COMPUTE_32F": 68, "COMPUTE_32F_PEDANTIC": 69,
+                                              "COMPUTE_32F_FAST_16F": 74, "COMPUTE_32F_FAST_16BF": 75,
+                                              "COMPUTE_32F_FAST_TF32": 77})
+    mod.GemmAlgo = IntEnum("GemmAlgo", {"DEFAULT": -1, "ALGO0": 0})
+    handles = {}
+
+    def handle_state(h):
+        assert h in handles, f"cuBLAS handle {h!r} was never created"
+        return handles[h]
+
+    def create():
+        h = 0x1000 + len(handles)
+        handles[h] = {"stream": None, "workspace": None, "math": 0}
+        return h
+
+    def destroy(handle):
+        handles.pop(handle)
+
+    def set_stream(handle, stream_id):
+        handle_state(handle)["stream"] = stream_id
+
+    def set_workspace(handle, workspace, workspace_size_in_bytes):
+        gpu.registry.find(workspace, workspace_size_in_bytes)
+        handle_state(handle)["workspace"] = workspace
+
+    def set_math_mode(handle, mode):
+        handle_state(handle)["math"] = mode
+        gpu.math_mode[handle] = mode
+
+    def _check(handle, what):
+        state = handle_state(handle)
+        assert state["stream"] == gpu.stream_ptr, f"{what}: handle stream {state['stream']} is not the current one"
+        assert state["workspace"] is not None, f"{what}: no workspace set"
+        return state
+
+    def sgemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        state = _check(handle, "sgemm")
+        _gemm(gpu, f"sgemm(math {state['math']})", transa, transb, m, n, k, _host_f32(alpha), a, 0, lda, 0, b, 0,
+              ldb, 0, _host_f32(beta), c, 0, ldc, 0, 1)
+
+    def gemm_ex(handle, transa, transb, m, n, k, alpha, a, atype, lda, b, btype, ldb, beta, c, ctype, ldc,
+                compute_type, algo):
+        _check(handle, "gemm_ex")
+        assert compute_type in (68, 77) and algo == -1, f"gemm_ex: compute {compute_type}, algo {algo}"
+        assert (atype, btype, ctype) == (2, 2, 0), f"gemm_ex: types {(atype, btype, ctype)}, expected fp16 -> f32"
+        _gemm(gpu, "gemm_ex", transa, transb, m, n, k, _host_f32(alpha), a, atype, lda, 0, b, btype, ldb, 0,
+              _host_f32(beta), c, ctype, ldc, 0, 1)
+
+    def gemm_strided_batched_ex(handle, transa, transb, m, n, k, alpha, a, atype, lda, stride_a, b, btype, ldb,
+                                stride_b, beta, c, ctype, ldc, stride_c, batch_count, compute_type, algo):
+        _check(handle, "gemm_strided_batched_ex")
+        assert atype == btype == ctype and atype in (0, 14), f"strided batched: types {(atype, btype, ctype)}"
+        assert compute_type in (68, 77) and algo == -1, f"strided batched: compute {compute_type}, algo {algo}"
+        if compute_type == 77:
+            assert atype == 0, "TF32 compute with bf16 operands"
+        _gemm(gpu, f"gemm_strided_batched_ex(compute {compute_type})", transa, transb, m, n, k, _host_f32(alpha),
+              a, atype, lda, stride_a, b, btype, ldb, stride_b, _host_f32(beta), c, ctype, ldc, stride_c, batch_count)
+
+    for fn in (create, destroy, set_stream, set_workspace, set_math_mode, sgemm, gemm_ex, gemm_strided_batched_ex):
+        setattr(mod, fn.__name__, fn)
+    return mod
+
+
+DESC_ATTRIBUTES = {"TRANSA": (3, np.int32), "TRANSB": (4, np.int32), "EPILOGUE": (7, np.uint32),
+                   "BIAS_POINTER": (8, np.int64), "EPILOGUE_AUX_POINTER": (11, np.int64),
+                   "EPILOGUE_AUX_LD": (12, np.int64), "BIAS_DATA_TYPE": (26, np.int32),
+                   "COMPUTE_TYPE": (0, np.int32), "SCALE_TYPE": (1, np.int32)}
+EPILOGUES = {"DEFAULT": 1, "RELU": 2, "BIAS": 4, "GELU": 32, "GELU_AUX": 160, "GELU_BIAS": 36,
+             "GELU_AUX_BIAS": 164, "DGELU": 192, "DGELU_BGRAD": 208, "BGRADA": 256, "BGRADB": 512}
+HEURISTIC_DTYPE = np.dtype([("algo", [("data_", "<u8", (8,))]), ("workspace_size", "<u8"), ("state", "<i4"),
+                            ("waves_count", "<f4"), ("reserved", "<i4", (4,))])
+
+
+def _fake_cublaslt(gpu):
+    mod = types.ModuleType("nvmath.bindings.cublasLt")
+    mod.MatmulDescAttribute = IntEnum("MatmulDescAttribute", {k: v[0] for k, v in DESC_ATTRIBUTES.items()})
+    mod.MatmulPreferenceAttribute = IntEnum("MatmulPreferenceAttribute", {"SEARCH_MODE": 0, "MAX_WORKSPACE_BYTES": 1})
+    mod.Epilogue = IntEnum("Epilogue", EPILOGUES)
+    mod.matmul_heuristic_result_dtype = HEURISTIC_DTYPE
+    by_code = {v[0]: (k, v[1]) for k, v in DESC_ATTRIBUTES.items()}
+    objects = {}
+
+    def new(kind, **fields):
+        h = 0x2000 + len(objects)
+        objects[h] = dict(kind=kind, **fields)
+        return h
+
+    def get(h, kind):
+        assert h in objects and objects[h]["kind"] == kind, f"cuBLASLt: {h!r} is not a live {kind}"
+        return objects[h]
+
+    def create():
+        return new("handle")
+
+    def matmul_desc_create(compute_type, scale_type):
+        assert compute_type == 68 and scale_type == 0, f"matmul desc: compute {compute_type}, scale {scale_type}"
+        return new("desc", attrs={})
+
+    def matmul_desc_set_attribute(matmul_desc, attr, buf, size_in_bytes):
+        desc = get(matmul_desc, "desc")
+        name, dtype = by_code[attr]
+        assert size_in_bytes == np.dtype(dtype).itemsize, f"{name}: {size_in_bytes} bytes, expected {dtype}"
+        desc["attrs"][name] = int(np.frombuffer(ctypes.string_at(buf, size_in_bytes), dtype=dtype)[0])
+
+    def matrix_layout_create(type_, rows, cols, ld):
+        assert type_ in DATA_TYPES and rows >= 1 and cols >= 1 and ld >= rows, f"layout {type_} {rows}x{cols} ld {ld}"
+        return new("layout", type=type_, rows=rows, cols=cols, ld=ld)
+
+    def matmul_preference_create():
+        return new("preference", attrs={})
+
+    def matmul_preference_set_attribute(pref, attr, buf, size_in_bytes):
+        assert attr == 1 and size_in_bytes == 8, "only MAX_WORKSPACE_BYTES (uint64) is expected"
+        get(pref, "preference")["attrs"]["MAX_WORKSPACE_BYTES"] = int(
+            np.frombuffer(ctypes.string_at(buf, 8), dtype=np.uint64)[0])
+
+    def matmul_algo_get_heuristic(light_handle, operation_desc, adesc, bdesc, cdesc, ddesc, preference,
+                                  requested_algo_count, heuristic_results_array, return_algo_count):
+        get(light_handle, "handle")
+        get(operation_desc, "desc")
+        for h in (adesc, bdesc, cdesc, ddesc):
+            get(h, "layout")
+        assert get(preference, "preference")["attrs"].get("MAX_WORKSPACE_BYTES", 0) > 0
+        assert requested_algo_count >= 1
+        ctypes.memset(heuristic_results_array, 0, HEURISTIC_DTYPE.itemsize * requested_algo_count)
+        ctypes.c_int32.from_address(return_algo_count).value = 1
+
+    def matmul(light_handle, compute_desc, alpha, a, adesc, b, bdesc, beta, c, cdesc, d, ddesc, algo, workspace,
+               workspace_size_in_bytes, stream):
+        get(light_handle, "handle")
+        attrs = get(compute_desc, "desc")["attrs"]
+        A, B, C, D = (get(h, "layout") for h in (adesc, bdesc, cdesc, ddesc))
+        assert stream == gpu.stream_ptr, f"cuBLASLt matmul on stream {stream}, the current one is {gpu.stream_ptr}"
+        assert algo != 0, "no algorithm pointer"
+        gpu.registry.find(workspace, workspace_size_in_bytes)
+        assert C == D and c == d, "C and D differ: llmc_py accumulates in place"
+        transa, transb = attrs.get("TRANSA", 0), attrs.get("TRANSB", 0)
+        m, n = D["rows"], D["cols"]
+        opA = (A["cols"], A["rows"]) if transa else (A["rows"], A["cols"])
+        opB = (B["cols"], B["rows"]) if transb else (B["rows"], B["cols"])
+        assert opA[0] == m and opB[1] == n and opA[1] == opB[0], f"cuBLASLt: op(A) {opA} op(B) {opB} D {(m, n)}"
+        assert A["type"] == B["type"] == D["type"], "cuBLASLt: one data type for A, B, D"
+        for ptr in (a, b, d):
+            assert ptr % 16 == 0, f"cuBLASLt operand {ptr:#x} not 16-byte aligned"
+        epilogue = {v: k for k, v in EPILOGUES.items()}[attrs.get("EPILOGUE", 1)]
+        assert epilogue in ("DEFAULT", "BIAS", "GELU_AUX", "GELU_AUX_BIAS", "DGELU"), f"epilogue {epilogue}"
+        dtype = DATA_TYPES[D["type"]]
+        bias = aux = None
+        if "BIAS" in epilogue:
+            assert attrs.get("BIAS_DATA_TYPE") == D["type"], "bias data type"
+            bias = gpu.registry.matrix(attrs["BIAS_POINTER"], dtype, m, 1, m)
+        if "AUX" in epilogue or epilogue == "DGELU":
+            assert attrs.get("EPILOGUE_AUX_LD", 0) >= m, "aux leading dimension"
+            assert attrs["EPILOGUE_AUX_POINTER"] % 16 == 0, "aux not 16-byte aligned"
+            aux = gpu.registry.matrix(attrs["EPILOGUE_AUX_POINTER"], dtype, m, n, attrs["EPILOGUE_AUX_LD"])
+        k = opA[1]
+        Dm, result = _gemm(gpu, f"cublasLt {epilogue}", transa, transb, m, n, k, _host_f32(alpha), a, A["type"],
+                           A["ld"], 0, b, B["type"], B["ld"], 0, _host_f32(beta), d, D["type"], D["ld"], 0, 1,
+                           store=epilogue == "DEFAULT")
+        if gpu.emulate and epilogue != "DEFAULT":
+            from llmc_py.gelu import gelu_backward_inplace, gelu_forward
+            x = result[0]  # A B (+ beta C) in f64: the epilogue comes before the one rounding into D
+            if bias is not None:
+                x = x + _values(bias)[0]
+            x = x.astype(np.float32)
+            if epilogue == "BIAS":
+                _store_matrix(Dm[0], x)
+            elif epilogue in ("GELU_AUX", "GELU_AUX_BIAS"):
+                _store_matrix(aux[0], x)
+                g = np.empty_like(x)
+                gelu_forward(g, x)
+                _store_matrix(Dm[0], g)
+            else:  # DGELU
+                gelu_backward_inplace(x, _values(aux)[0].astype(np.float32))
+                _store_matrix(Dm[0], x)
+
+    for fn in (create, matmul_desc_create, matmul_desc_set_attribute, matrix_layout_create, matmul_preference_create,
+               matmul_preference_set_attribute, matmul_algo_get_heuristic, matmul):
+        setattr(mod, fn.__name__, fn)
+    return mod
+
+# ----------------------------------------------------------------------------
+# installing
+
+
+def install(monkeypatch, emulate=False, **kwargs):
+    """Puts the fake cupy and nvmath modules into sys.modules (undone after the test) and clears llmc_py's caches
+    of modules, devices and BLAS contexts; returns the FakeGPU."""
+    import llmc_py.blas
+    import llmc_py.cuda
+    gpu = FakeGPU(emulate=emulate, **kwargs)
+    for name, module in {**gpu.cupy_module(), **gpu.nvmath_modules()}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(llmc_py.cuda, "_modules", {})
+    monkeypatch.setattr(llmc_py.cuda, "_functions", {})
+    monkeypatch.setattr(llmc_py.cuda, "_devices", {})
+    monkeypatch.setattr(llmc_py.blas, "_contexts", {})
+    return gpu
