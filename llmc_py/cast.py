@@ -1,9 +1,9 @@
-"""Copies between f32 and floatX buffers (kernels_cu/cast.cu): the first update widens the floatX params into
-the f32 master weights.
+"""Copies from floatX to f32 buffers (kernels_cu/cast.cu): the first update widens the floatX params into the
+f32 master weights. (The kernel file also has the f32 -> floatX direction; nothing in training needs it.)
 
 Design decision: llm.c's sliced layout, as AdamW uses it (num_slices slices of n elements, dst slice y at
 y*dst_stride, src slice y at y*src_stride), so one call copies a tensor's ZeRO-1 parts of every layer. floatX -> f32
-is an exact widening, f32 -> floatX rounds to nearest even; on the CPU both are float32 copies.
+is an exact widening; on the CPU it is a float32 copy.
 """
 import math
 
@@ -26,23 +26,13 @@ def cast_floatx_to_f32(dst, src, n=None, num_slices=1, dst_stride=0, src_stride=
     """dst (f32) = src (floatX), exact, slice by slice."""
     n = src.size if n is None else n
     if on_device(dst):
-        return _launch("cast_floatX_to_f32_kernel", dst, src, n, num_slices, dst_stride, src_stride,
-                       precision_of(src))
-    _copy_slices(dst, src, n, num_slices, dst_stride, src_stride)
-
-
-def cast_f32_to_floatx(dst, src, n=None, num_slices=1, dst_stride=0, src_stride=0):
-    """dst (floatX) = src (f32) rounded to nearest even, slice by slice."""
-    n = src.size if n is None else n
-    if on_device(dst):
-        return _launch("cast_f32_to_floatX_kernel", dst, src, n, num_slices, dst_stride, src_stride,
-                       precision_of(dst))
+        return _launch(dst, src, n, num_slices, dst_stride, src_stride)
     _copy_slices(dst, src, n, num_slices, dst_stride, src_stride)
 
 # ----------------------------------------------------------------------------
 # launcher
 
 
-def _launch(kernel, dst, src, n, num_slices, dst_stride, src_stride, precision):
-    launch("cast", kernel, (math.ceil(n / CAST_BLOCK), num_slices), (CAST_BLOCK,),
-           (dst, src, np.uint64(n), np.int64(dst_stride), np.int64(src_stride)), precision)
+def _launch(dst, src, n, num_slices, dst_stride, src_stride):
+    launch("cast", "cast_floatX_to_f32_kernel", (math.ceil(n / CAST_BLOCK), num_slices), (CAST_BLOCK,),
+           (dst, src, np.uint64(n), np.int64(dst_stride), np.int64(src_stride)), precision_of(src))
