@@ -20,7 +20,7 @@ DEVICE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 REQUIREMENTS := requirements-dev.txt $(if $(filter cuda,$(DEVICE)),requirements.txt)
 VENV_STAMP := $(VENV)/.installed-$(DEVICE)
 
-.PHONY: train test check-kernels data model bench clean
+.PHONY: train test check-kernels data model bench gpu-check clean
 
 $(VENV_STAMP): $(REQUIREMENTS)
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,10 @@ bench: model
 	@m=$$([ -f gpt2_124M.bin ] && echo gpt2_124M || echo gpt2_d12); \
 	if [ "$(DEVICE)" = cuda ]; then set -x; $(PY) dev/bench.py --device cuda -e $${m}_bf16.bin -b $(BENCH_B) -t $(BENCH_T); \
 	else set -x; $(PY) dev/bench.py --device cpu -e $$m.bin -b $(BENCH_B) -t $(BENCH_T); fi
+
+# every GPU check in one command, for the GPU machine (dev/gpu/check.sh; STEPS="kernels model" runs a subset)
+gpu-check:
+	bash dev/gpu/check.sh $(STEPS)
 
 clean:
 	rm -rf $(VENV) .fixtures .pytest_cache

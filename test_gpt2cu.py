@@ -4,6 +4,7 @@ a save / reload / continue check that must reproduce the same losses bit for bit
     python test_gpt2cu.py --device cpu -e gpt2_d12.bin        # debug state: gpt2_d12_debug_state.bin
     python test_gpt2cu.py                                     # GPU, bf16: gpt2_124M_bf16.bin
     python test_gpt2cu.py --precision fp32 -r 0               # GPU, fp32: gpt2_124M.bin
+    python test_gpt2cu.py --precision fp32 --matmul custom    # GPU, fp32 with our matmul kernel (or fp16fc)
 
 The expected losses come from the debug-state header when train_gpt2.py stored them there (any model,
 random init included), else from llm.c's list for GPT-2 124M. Their tolerance depends on which: llm.c's
@@ -36,11 +37,11 @@ GRAD_RELATIVE = 0.079
 STEPS = 10
 MODEL_CKPT, STATE_CKPT = "test_gpt2cu_model.ckpt", "test_gpt2cu_state.ckpt"
 USAGE = ("usage: python test_gpt2cu.py [-e model.bin] [--debug-state file] [--device cuda|cpu] "
-         "[--precision bf16|fp32] [-j val.bin] [-w 0|1] [-r 0|1|2] [-ge 0|1|2]")
+         "[--precision bf16|fp32] [--matmul cublas|custom|fp16fc] [-j val.bin] [-w 0|1] [-r 0|1|2] [-ge 0|1|2]")
 
 
 def parse_args(argv):
-    opts = {"-e": None, "--debug-state": None, "--device": "cuda", "--precision": None,
+    opts = {"-e": None, "--debug-state": None, "--device": "cuda", "--precision": None, "--matmul": "cublas",
             "-j": "dev/data/tinyshakespeare/tiny_shakespeare_val.bin", "-w": "1", "-r": "1", "-ge": "0"}
     if len(argv) % 2:
         raise LlmcError(f"{argv[-1]}: missing value; {USAGE}")
@@ -104,7 +105,7 @@ def main(argv):
     if gpu:
         cuda.init_device(0)
     kwargs = dict(recompute=int(o["-r"]), gelu_fusion=int(o["-ge"]), use_master_weights=o["-w"] == "1",
-                  device=o["--device"], precision=precision)
+                  device=o["--device"], precision=precision, matmul=o["--matmul"])
     model = GPT2.from_checkpoint(o["-e"], **kwargs)
     config = model.config
     state = read_debug_state(o["--debug-state"], config)

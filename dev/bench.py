@@ -64,7 +64,9 @@ def main():
     extra = f", --matmul {args.matmul}" if args.matmul != "cublas" else ""
     print(f"model {args.e}: {c.num_parameters:,} parameters, B={args.b} T={args.t}, device {name}, "
           f"{precision}{extra}, -r {args.r}")
-    print(f"median of {args.steps} steps: {dt * 1000:.1f} ms/step | {tokens_per_step / dt:.0f} tok/s | {format_mfu(mfu)}")
+    memory = f" | {cuda.memory_usage()[0]} MiB device memory used" if model.gpu else ""
+    print(f"median of {args.steps} steps: {dt * 1000:.1f} ms/step | {tokens_per_step / dt:.0f} tok/s | {format_mfu(mfu)}"
+          f"{memory}")
 
 
 if __name__ == "__main__":

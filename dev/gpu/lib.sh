@@ -1,0 +1,27 @@
+# Sourced by every step of dev/gpu/check.sh: the shared paths and helpers.
+set -uo pipefail
+ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+PY=${PY:-python3}
+WORK=${WORK:-/tmp/llmc-gpu-check}
+FIGURE=${FIGURE:-/dev/null}
+DATA=${LLMC_TEST_DATA:-$ROOT/../shared/data}
+export LLMC_GPT2_TIKTOKEN=${LLMC_GPT2_TIKTOKEN:-$DATA/gpt2/gpt2.tiktoken}
+cd "$ROOT"
+
+# figure TEXT: the step's key figure, one short line for the summary table (the last call wins)
+figure() { printf '%s\n' "$*" > "$FIGURE"; }
+
+# need_d12: echoes the folder holding the d12 random-init model files (fp32, bf16, debug state, tokenizer) and
+# the tinyshakespeare shards, laid out like a user's run folder; written on this machine once per check run
+need_d12() {
+  local dir=$WORK/d12
+  if [ ! -f "$dir/.complete" ]; then
+    echo "writing the d12 fixture into $dir" >&2
+    rm -rf "$dir" && mkdir -p "$dir" || return 1
+    "$PY" dev/data/tinyshakespeare.py --input "$DATA/tinyshakespeare/input.txt" \
+      --out-dir "$dir/dev/data/tinyshakespeare" >&2 || return 1
+    (cd "$dir" && "$PY" "$ROOT/train_gpt2.py" --model d12 --num_iterations 0 --device cpu) >&2 || return 1
+    touch "$dir/.complete"
+  fi
+  echo "$dir"
+}
