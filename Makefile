@@ -16,8 +16,11 @@ export LLMC_TEST_DATA ?= $(abspath $(LLMC_DATA))
 export PYTHONUNBUFFERED := 1
 # cuda when an NVIDIA GPU answers, else cpu
 DEVICE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
-# the CPU set always (tests, train_gpt2.py); the CUDA set too where a GPU is present
-REQUIREMENTS := requirements-dev.txt $(if $(filter cuda,$(DEVICE)),requirements.txt)
+# the CUDA major of the driver (nvidia-smi's "CUDA Version: 13.0"): 13 and newer install requirements-cu13.txt
+CUDA_MAJOR ?= $(shell nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\).*/\1/p' | head -n 1)
+GPU_REQUIREMENTS := $(if $(shell [ "0$(CUDA_MAJOR)" -ge 13 ] && echo new),requirements-cu13.txt,requirements.txt)
+# the tests and tools always; with a GPU its CUDA install, without one the CUDA pieces that need no driver
+REQUIREMENTS := requirements-dev.txt $(if $(filter cuda,$(DEVICE)),$(GPU_REQUIREMENTS),requirements-cpu.txt)
 VENV_STAMP := $(VENV)/.installed-$(DEVICE)
 
 .PHONY: train test check-kernels data model bench gpu-check clean

@@ -305,6 +305,8 @@ def train(o, info, comm, device=None):
     enable_tf32 = (gpu and o["precision"] == "fp32" and int(device.compute_capability) >= 80
                    and bool(o["override_enable_tf32"]))
     peak = get_flops_promised(device.name, o["precision"]) if gpu else -1.0
+    if gpu:
+        print(cuda.versions_line())
 
     print_table([
         ("train data pattern", train_pattern), ("val data pattern", o["val_data_pattern"]),

@@ -12,10 +12,14 @@ The second half is the device side every launcher shares: `require_device` (one 
 answers), `init_device` (the GPU, its properties and one stream made current, which every launch, cuBLAS call,
 copy and NCCL call then runs on), floatX storage (bf16 lives in uint16 arrays: CuPy has no bfloat16 dtype; the
 host converts with ml_dtypes, round to nearest even), `launch` (kernels loaded once per (file, precision)), and
-a step timer that uses CUDA events on the GPU and the wall clock on the CPU.
+a step timer that uses CUDA events on the GPU and the wall clock on the CPU. Before the first device call,
+`require_device` also compares the installed CUDA packages with the driver: one built for a newer CUDA major than
+the driver supports (cupy-cuda13x or cuda-bindings 13 on a CUDA 12 driver) fails at its first call, so it stops
+with a line naming the package to change; `versions_line` is the start-up line naming the stack in use.
 """
 import functools
 import hashlib
+import importlib.metadata
 import os
 import time
 from dataclasses import dataclass
@@ -261,21 +265,117 @@ def _one_line(text):
 
 
 def require_device(what="--device cuda", hint="; use --device cpu"):
-    """Imports CuPy and checks that at least one CUDA device answers; otherwise raises one LlmcError line
-    (`what`: the flag or program that needs the GPU, `hint`: what to do instead)."""
+    """Imports CuPy and checks that at least one CUDA device answers and that the CUDA packages suit the driver;
+    otherwise raises one LlmcError line (`what`: the flag or program that needs the GPU, `hint`: what to do
+    instead)."""
     try:
         import cupy
     except Exception as e:  # ImportError, or a CuPy that fails to load its CUDA libraries
         raise LlmcError(f"{what}: no CUDA device found (cupy cannot be imported: {_one_line(e)}); install the "
-                        f"GPU requirements (requirements.txt){hint}") from None
+                        f"GPU requirements (requirements.txt, or requirements-cu13.txt for a CUDA 13 driver)"
+                        f"{hint}") from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver, or CuPy built for another CUDA
+        mismatch = package_mismatch(_driver_major())
         raise LlmcError(f"{what}: no CUDA device found (cupy {cupy.__version__}: {type(e).__name__}: "
-                        f"{_one_line(e)}){hint}") from None
+                        f"{_one_line(e)}){'; ' + mismatch if mismatch else hint}") from None
     if count < 1:
         raise LlmcError(f"{what}: no CUDA device found (cupy {cupy.__version__} sees 0 devices){hint}")
+    mismatch = package_mismatch(_driver_major())
+    if mismatch:
+        raise LlmcError(f"{what}: {mismatch}")
     return count
+
+# ----------------------------------------------------------------------------
+# the CUDA packages in use, and the combinations known to fail
+
+# packages whose CUDA major is in their name (cupy-cuda12x) or, for these, in their version's first number
+VERSIONED_BY_MAJOR = ("cuda-bindings",)
+INSTALL_FILES = {12: "requirements.txt", 13: "requirements-cu13.txt"}
+
+
+def _dist_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cupy_package():
+    """(distribution name, CUDA major) of the installed CuPy wheel, e.g. ('cupy-cuda13x', 13), or (None, None)."""
+    for dist in importlib.metadata.packages_distributions().get("cupy", []):
+        if dist.startswith("cupy-cuda") and dist.endswith("x") and dist[len("cupy-cuda"):-1].isdigit():
+            return dist, int(dist[len("cupy-cuda"):-1])
+    return None, None
+
+
+def _driver_major():
+    """The CUDA major version the driver supports (cudaDriverGetVersion, which answers without a usable device),
+    or None when there is no driver."""
+    try:
+        import cupy
+        return cupy.cuda.runtime.driverGetVersion() // 1000 or None
+    except Exception:
+        return None
+
+
+def _install_file(major):
+    """The install file for a driver of this CUDA major (a newer driver runs our newest line)."""
+    return INSTALL_FILES.get(major) or INSTALL_FILES[max(INSTALL_FILES) if major > max(INSTALL_FILES) else 12]
+
+
+def package_mismatch(driver_major):
+    """One line naming the package to change when an installed CUDA package is built for a newer CUDA major than
+    the driver supports (a combination that fails at the first call), else None."""
+    if driver_major is None:
+        return None
+    cupy_dist, cupy_major = _cupy_package()
+    if cupy_major is not None and cupy_major > driver_major:
+        return (f"{cupy_dist} needs a CUDA {cupy_major} driver, this driver supports CUDA {driver_major}: install "
+                f"cupy-cuda{driver_major}x instead (pip install -r {_install_file(driver_major)})")
+    for name in VERSIONED_BY_MAJOR:
+        version = _dist_version(name)
+        major = int(version.split(".")[0]) if version and version.split(".")[0].isdigit() else None
+        if major is not None and major > driver_major:
+            return (f"{name} {version} needs a CUDA {major} driver, this driver supports CUDA {driver_major}: "
+                    f"pip install '{name}<{driver_major + 1}' (see {_install_file(driver_major)})")
+    return None
+
+
+def _cuda_version_text(value):
+    """CUDA's 1000 * major + 10 * minor as 'major.minor'."""
+    return f"{value // 1000}.{value % 1000 // 10}"
+
+
+def _dotted(code):
+    """cuDNN 9's and NCCL's 10000 * major + 100 * minor + patch as 'major.minor.patch'."""
+    return f"{code // 10000}.{code % 10000 // 100}.{code % 100}"
+
+
+def versions_line():
+    """One line naming the CUDA stack in use: driver and runtime, cupy, cuda-bindings, nvmath, cuDNN and NCCL
+    ('n/a' for a piece that is missing or does not load). Importing cuDNN's frontend and NCCL is cheap and
+    loads no kernels."""
+    import cupy
+
+    rt = cupy.cuda.runtime
+    parts = [f"CUDA driver {_cuda_version_text(rt.driverGetVersion())}",
+             f"runtime {_cuda_version_text(rt.runtimeGetVersion())}",
+             f"cupy {cupy.__version__} ({_cupy_package()[0] or 'n/a'})",
+             f"cuda-bindings {_dist_version('cuda-bindings') or 'n/a'}",
+             f"nvmath {_dist_version('nvmath-python') or 'n/a'}"]
+    try:
+        import cudnn
+        parts.append(f"cuDNN {_dotted(cudnn.backend_version())} (frontend {cudnn.__version__})")
+    except Exception:  # not installed, or libcudnn missing: attention then runs our kernels
+        parts.append("cuDNN n/a")
+    try:
+        from cupy.cuda import nccl
+        parts.append(f"NCCL {_dotted(nccl.get_version())}" if nccl.available else "NCCL n/a")
+    except Exception:
+        parts.append("NCCL n/a")
+    return " | ".join(parts)
 
 
 _devices = {}

@@ -513,6 +513,7 @@ class FakeGPU:
         self.device_name, self.num_sms = device_name, num_sms
         self.stream_ptr = 0
         self.math_mode = {}
+        self.driver_version = 12090  # cudaDriverGetVersion: CUDA 12.9
 
     # kernels ------------------------------------------------------------
 
@@ -628,6 +629,8 @@ class FakeGPU:
             "name": gpu.device_name.encode(), "multiProcessorCount": gpu.num_sms,
             "maxThreadsPerMultiProcessor": 2048, "major": 9, "minor": 0, "totalGlobalMem": 80 << 30}
         runtime.memGetInfo = lambda: (70 << 30, 80 << 30)
+        runtime.driverGetVersion = lambda: gpu.driver_version
+        runtime.runtimeGetVersion = lambda: 12090
         cuda.runtime = runtime
 
         class Device:

@@ -408,6 +408,28 @@ def test_every_kernel_is_launched(fake, tiny_params, tmp_path):
     assert {name.split("(")[0] for name, _ in fake.blas_calls} >= {"sgemm", "gemm_ex", "gemm_strided_batched_ex"}
 
 
+def test_versions_line_and_packages_newer_than_the_driver(fake, monkeypatch):
+    """The start-up line names the CUDA stack; a package built for a newer CUDA major than the driver supports is
+    one line naming the package to change, before anything runs (the fake driver says CUDA 12.9)."""
+    from llmc_py import cuda
+    line = cuda.versions_line()
+    assert re.fullmatch(r"CUDA driver 12\.9 \| runtime 12\.9 \| cupy 14\.0\.0 \(fake\) \(cupy-cuda12x\) \| "
+                        r"cuda-bindings \S+ \| nvmath \S+ \| cuDNN .+ \| NCCL n/a", line), line
+    cuda.init_device(0)
+    fake.driver_version = 11080
+    with pytest.raises(LlmcError, match=r"cupy-cuda12x needs a CUDA 12 driver, this driver supports CUDA 11: "
+                                        r"install cupy-cuda11x instead \(pip install -r requirements\.txt\)"):
+        cuda.init_device(0)
+    fake.driver_version = 12090
+    real_version = cuda._dist_version
+    monkeypatch.setattr(cuda, "_dist_version", lambda name: "13.5.0" if name == "cuda-bindings" else real_version(name))
+    with pytest.raises(LlmcError, match=r"cuda-bindings 13\.5\.0 needs a CUDA 13 driver, this driver supports CUDA "
+                                        r"12: pip install 'cuda-bindings<13' \(see requirements\.txt\)"):
+        cuda.init_device(0)
+    fake.driver_version = 13000
+    assert cuda.init_device(0).name == "NVIDIA H100 80GB HBM3"
+
+
 def test_tf32_math_mode(fake, tiny_params):
     gpt2(tiny_params, device="cuda", precision="fp32", tf32=True)
     assert list(fake.math_mode.values())[-1] == 3  # CUBLAS_TF32_TENSOR_OP_MATH
@@ -446,6 +468,7 @@ def test_train_program_on_fake_gpu(emulated, d12_dir, wide_model, tmp_path, monk
     assert train_program.main(args + ["-x", "3"]) == 0
     out = capsys.readouterr().out
     assert "| device                | NVIDIA H100 80GB HBM3" in out and "| precision             | BF16" in out
+    assert re.search(r"^CUDA driver 12\.9 \| runtime 12\.9 \| cupy .* \| nvmath .* \| cuDNN .* \| NCCL n/a$", out, re.M)
     assert "allocating" in out and "MiB for activations" in out and "device memory usage:" in out
     steps = re.findall(r"^step +\d+/3 \| loss (\d+\.\d{6}) .*\| 1\.00 ms \| (\d+\.\d)% bf16 MFU \| \d+ tok/s$",
                        out, re.M)

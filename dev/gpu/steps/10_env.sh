@@ -4,9 +4,8 @@ source dev/gpu/lib.sh
 nvidia-smi
 "$PY" - <<'PY'
 import importlib.metadata as md
+import os
 import time
-
-import cupy
 
 from llmc_py import cuda
 
@@ -19,10 +18,9 @@ def version(package):
 
 
 info = cuda.init_device(0)
-rt = cupy.cuda.runtime
-fmt = lambda v: f"{v // 1000}.{v % 1000 // 10}"  # noqa: E731 (CUDA's 1000*major + 10*minor)
 print(f"GPU 0: {info.name}, sm_{info.compute_capability}, {info.num_sms} SMs, {info.total_memory >> 20} MiB")
-print(f"CUDA driver {fmt(rt.driverGetVersion())}, runtime {fmt(rt.runtimeGetVersion())}")
+line = cuda.versions_line()
+print(line)
 for package in ("cupy-cuda13x", "cupy-cuda12x", "nvmath-python", "cuda-bindings", "cuda-core", "nvidia-cudnn-cu13",
                 "nvidia-cudnn-cu12", "nvidia-cudnn-frontend", "nvidia-nccl-cu13", "nvidia-nccl-cu12", "ml-dtypes",
                 "numpy", "torch"):
@@ -31,14 +29,10 @@ from llmc_py.blas import _import_bindings  # noqa: E402
 
 cublas, lt = _import_bindings()
 print(f"cuBLASLt {lt.get_version()}")
-from cupy.cuda import nccl  # noqa: E402
-
-print(f"NCCL {nccl.get_version() if nccl.available else 'unavailable'}")
 try:
-    import cudnn
-    print(f"cuDNN {cudnn.backend_version()} (frontend {cudnn.__version__})")
-except Exception as e:  # reported, not fatal here: the attention step decides
-    print(f"cuDNN unavailable: {type(e).__name__}: {e}")
+    import cudnn  # noqa: F401 (why it does not load, when it does not: the versions line says only n/a)
+except Exception as e:
+    print(f"cuDNN frontend: {type(e).__name__}: {e}")
 loaded = 0
 for path in cuda.kernel_files():
     for precision in cuda.PRECISION_DEFINES:
@@ -46,8 +40,7 @@ for path in cuda.kernel_files():
         cuda.load_module(path.stem, precision)
         loaded += 1
         print(f"loaded {path.name:<22} {precision} in {time.perf_counter() - t0:.2f} s")
-with open(__import__("os").environ["FIGURE"], "w") as f:
-    f.write(f"{info.name} sm_{info.compute_capability}, driver {fmt(rt.driverGetVersion())}, runtime "
-            f"{fmt(rt.runtimeGetVersion())}, cupy {cupy.__version__}, nvmath {version('nvmath-python')}, "
-            f"cuBLASLt {lt.get_version()}, {loaded} modules loaded\n")
+with open(os.environ["FIGURE"], "w") as f:
+    f.write(f"{info.name} sm_{info.compute_capability}; {line}; cuBLASLt {lt.get_version()}; "
+            f"{loaded} modules loaded\n")
 PY
