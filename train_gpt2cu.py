@@ -7,7 +7,8 @@
 
 Reads top to bottom as the algorithm: parse flags, build the model and loaders, then the loop
 {val loss, sample, checkpoint, train step}. Flags follow llm.c's rules exactly (pairs of `-x value`, one
-or two letters after the dash); `--device`, `--precision` and `--matmul` are this program's own additions.
+or two letters after the dash); `--device`, `--precision`, `--matmul` and the sampler's `--prompt`, `--top-k`
+and `--temperature` are this program's own additions.
 Several processes (mpirun, srun, or -pn/-pr with -pi tcp/fs) each train on their own slice of every batch
 and average gradients through llmc_py.zero; only rank 0 prints, logs, samples and writes the model file.
 """
@@ -25,10 +26,9 @@ from llmc_py.hellaswag import evaluate as evaluate_hellaswag
 from llmc_py.logger import Logger
 from llmc_py.mfu import estimate_mfu, format_mfu, get_flops_promised
 from llmc_py.outlier_detector import OutlierDetector
-from llmc_py.rand import random_f32
-from llmc_py.sampler import SAMPLE_RNG_SEED, sample_softmax
+from llmc_py.sampler import Sampler, check_fits, generate, prompt_tokens
 from llmc_py.schedulers import LearningRateScheduler
-from llmc_py.tokenizer import Tokenizer
+from llmc_py.tokenizer import Tokenizer, print_token
 from llmc_py.zero import choose_zero_stage, discover, make_communicator
 
 # flag -> (option name, type, default), in llm.c's order
@@ -73,8 +73,10 @@ FLAGS = {
 }
 # letters whose unrecognized three-character forms still select the letter's flag, as in llm.c
 CATCH_ALL = set("ijeoybtducqxvmafwzrhkg")
+# long option -> (option name, its choices or its type)
 LONG_OPTIONS = {"--device": ("device", ("cuda", "cpu")), "--precision": ("precision", ("bf16", "fp32")),
-                "--matmul": ("matmul", ("cublas", "custom", "fp16fc"))}
+                "--matmul": ("matmul", ("cublas", "custom", "fp16fc")),
+                "--prompt": ("prompt", str), "--top-k": ("top_k", int), "--temperature": ("temperature", float)}
 HELLASWAG_PATH = "dev/data/hellaswag/hellaswag_val.bin"
 TOKENIZER_PATH = "gpt2_tokenizer.bin"
 
@@ -120,16 +122,26 @@ Options:
   --device <cuda|cpu>   where to run (default = cuda)
   --precision <bf16|fp32> (default = bf16 on cuda; cpu runs fp32 only)
   --matmul <cublas|custom|fp16fc> fp32 on cuda: forward matmuls by cuBLAS SGEMM, our tiled kernel, or the MLP's
-                        first linear with fp16 operands (default = cublas)"""
+                        first linear with fp16 operands (default = cublas)
+  --prompt <string>     samples continue EOT + this text instead of EOT alone (-g still sets genT-1 new tokens)
+  --top-k <int>         samples draw from the k most likely tokens only (default: all, llm.c's sampler)
+  --temperature <float> samples draw from softmax(logits / temperature) (default = 1.0)"""
 
 
 class UsageError(Exception):
     """A malformed or unknown flag: print the usage and exit 1, as llm.c does."""
 
 
+def convert(flag, value, kind):
+    try:
+        return kind(value)
+    except ValueError:
+        raise LlmcError(f"{flag} {value}: expected {'an integer' if kind is int else 'a number'}") from None
+
+
 def parse_args(argv):
     opts = {name: default for name, _, default in FLAGS.values()}
-    opts.update(device="cuda", precision=None, matmul="cublas")
+    opts.update(device="cuda", precision=None, matmul="cublas", prompt=None, top_k=None, temperature=1.0)
     i = 0
     while i < len(argv):
         flag = argv[i]
@@ -138,10 +150,10 @@ def parse_args(argv):
         value = argv[i + 1]
         i += 2
         if flag in LONG_OPTIONS:
-            name, choices = LONG_OPTIONS[flag]
-            if value not in choices:
-                raise LlmcError(f"{flag} {value}: expected one of {', '.join(choices)}")
-            opts[name] = value
+            name, kind = LONG_OPTIONS[flag]
+            if isinstance(kind, tuple) and value not in kind:
+                raise LlmcError(f"{flag} {value}: expected one of {', '.join(kind)}")
+            opts[name] = value if isinstance(kind, tuple) else convert(flag, value, kind)
             continue
         if not flag.startswith("-") or len(flag) not in (2, 3):
             raise UsageError(f"{flag}: flags are a dash and one or two letters")
@@ -149,10 +161,7 @@ def parse_args(argv):
         if key is None:
             raise UsageError(f"{flag}: unknown flag")
         name, kind, _ = FLAGS[key]
-        try:
-            opts[name] = kind(value)
-        except ValueError:
-            raise LlmcError(f"{flag} {value}: expected {'an integer' if kind is int else 'a number'}") from None
+        opts[name] = convert(flag, value, kind)
     if opts["precision"] is None:
         opts["precision"] = "bf16" if opts["device"] == "cuda" else "fp32"
     return opts
@@ -177,6 +186,7 @@ def check_options(o):
         raise LlmcError("-o: the output dir path must be shorter than 400 characters")
     if o["genT"] < 1 and o["sample_every"] > 0:
         raise LlmcError(f"-g {o['genT']}: the sample length must be at least 1")
+    Sampler(o["temperature"], o["top_k"])  # --top-k and --temperature checked before the model loads
 
 
 def print_table(rows):
@@ -240,26 +250,13 @@ def evaluate_val_loss(model, val_loader, num_batches, comm):
     return comm.all_reduce_sum(total / num_batches) / comm.num_processes
 
 
-def sample(model, tokenizer, genT, T, eot):
-    """llm.c's sampling: EOT prompt, no KV cache, fixed coin sequence from seed 1337, printed as it goes."""
-    V = model.config.vocab_size
-    tokens = np.full((1, max(genT, 1)), eot, dtype=np.int32)
-    rng = SAMPLE_RNG_SEED
-    chunk = min(T, 256)
+def sample(model, tokenizer, prompt, genT, T, o):
+    """llm.c's sampling (EOT prompt, no KV cache, the coin sequence from seed 1337 at every event, forwards
+    of a multiple of min(T, 256) positions), with the --prompt, --top-k and --temperature options."""
+    sampler = Sampler(o["temperature"], o["top_k"])
     print("generating:\n---")
-    for t in range(1, genT):
-        length = min(math.ceil(t / chunk) * chunk, T)
-        window = np.full((1, length), eot, dtype=np.int32)
-        window[0, :min(t, length)] = tokens[0, :min(t, length)]
-        logits = model.forward(window)
-        coin, rng = random_f32(rng)
-        token = sample_softmax(model.host(logits[0, t - 1, :V]), coin)
-        tokens[0, t] = token
-        if tokenizer is not None:
-            sys.stdout.buffer.write(tokenizer.safe_bytes(token))
-        else:
-            sys.stdout.write(f"{token} ")
-        sys.stdout.flush()
+    for token in generate(model, prompt, genT - 1, sampler, window=min(T, 256)):
+        print_token(tokenizer, token)
     print("\n---")
 
 
@@ -379,6 +376,9 @@ def train(o, info, comm, device=None):
     eot = tokenizer.eot_token if tokenizer is not None else c.vocab_size - 1
     scheduler = LearningRateScheduler(o["lr_scheduler_type"], o["learning_rate"], o["warmup_iterations"],
                                       train_num_batches, o["final_learning_rate_frac"])
+    prompt = prompt_tokens(tokenizer, o["prompt"], eot)
+    if o["sample_every"] > 0:  # the run samples at its last step at least: a sample that cannot fit fails now
+        check_fits(len(prompt), o["genT"] - 1, T, "the sequence length -t", "--prompt", f"-g {o['genT']}")
     model.allocate(B, T)
     for line in model.memory_report():
         print(line)
@@ -404,7 +404,7 @@ def train(o, info, comm, device=None):
             print(f"HellaSwag: {int(correct)}/{num_examples} = {accuracy:f}")
             logger.log_eval(step, accuracy)
         if rank == 0 and o["sample_every"] > 0 and ((step > 0 and step % o["sample_every"] == 0) or last):
-            sample(model, tokenizer, o["genT"], T, eot)
+            sample(model, tokenizer, prompt, o["genT"], T, o)
         just_resumed = resume_step >= 0 and step == start_step
         if (o["checkpoint_every"] > 0 and output_dir and not just_resumed
                 and ((step > 0 and step % o["checkpoint_every"] == 0) or last)):

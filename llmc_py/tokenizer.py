@@ -3,12 +3,14 @@
 The non-obvious decision: the GPT-2 encoding can be built offline from a local ranks file named by
 LLMC_GPT2_TIKTOKEN, and that file is parsed here rather than by tiktoken.load.load_tiktoken_bpe, because
 tiktoken's loader caches local files by path name in a temp folder and would keep serving the old ranks
-after the file at that path changed. tiktoken is imported only by the encoding functions: training reads
-gpt2_tokenizer.bin and needs no tiktoken.
+after the file at that path changed. Prompts are encoded from gpt2_tokenizer.bin itself: GPT-2's BPE rank
+of a token is its id, so the decode table is also the encoder's ranks and sampling needs no download.
+tiktoken is imported only by the encoding functions: training reads gpt2_tokenizer.bin and needs no tiktoken.
 """
 import base64
 import binascii
 import os
+import sys
 
 import numpy as np
 
@@ -55,10 +57,12 @@ def write_tokenizer(path, token_bytes, eot_token, version=2):
 class Tokenizer:
     """The decode side of llm.c's tokenizer: token id -> raw bytes."""
 
-    def __init__(self, token_bytes, eot_token):
+    def __init__(self, token_bytes, eot_token, path="the tokenizer"):
         self.token_bytes = token_bytes
         self.vocab_size = len(token_bytes)
         self.eot_token = eot_token
+        self.path = path
+        self._encoding = None
 
     @classmethod
     def load(cls, path):
@@ -88,7 +92,7 @@ class Tokenizer:
             token_bytes.append(data[pos + 1:pos + 1 + length])
             pos += 1 + length
         check_size(path, size, HEADER_BYTES + pos, f"{n} tokenizer records")
-        return cls(token_bytes, eot_token)
+        return cls(token_bytes, eot_token, str(path))
 
     @classmethod
     def load_optional(cls, path):
@@ -125,9 +129,33 @@ class Tokenizer:
         """Safe bytes of consecutive tokens joined first, so UTF-8 split across tokens decodes whole."""
         return b"".join(self.safe_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")
 
+    def encode(self, text):
+        """GPT-2 token ids of `text` (an <|endoftext|> in it becomes EOT), ranked by this file's own tokens."""
+        if self._encoding is None:
+            if (self.vocab_size, self.eot_token) != (GPT2_VOCAB_SIZE, GPT2_EOT):
+                raise LlmcError(f"{self.path}: encoding text needs GPT-2's tokenizer ({GPT2_VOCAB_SIZE} tokens, "
+                                f"EOT {GPT2_EOT}), found {self.vocab_size} tokens with EOT {self.eot_token}")
+            ranks = {b: i for i, b in enumerate(self.token_bytes[:GPT2_EOT])}
+            # BPE starts from single bytes: each of the 256 must be a token, and no two tokens may repeat
+            if len(ranks) != GPT2_EOT or any(bytes([i]) not in ranks for i in range(256)):
+                raise LlmcError(f"{self.path}: expected GPT-2's {GPT2_EOT} distinct tokens covering every single "
+                                f"byte, found {len(ranks)} distinct tokens")
+            self._encoding = gpt2_encoding(ranks)
+        return self._encoding.encode(text, allowed_special="all")
+
+
+def print_token(tokenizer, token_id):
+    """Prints one sampled token at once: its safe bytes, or its id and a space when there is no tokenizer."""
+    if tokenizer is None:
+        sys.stdout.write(f"{token_id} ")
+    else:
+        sys.stdout.flush()  # text printed earlier goes out before these raw bytes
+        sys.stdout.buffer.write(tokenizer.safe_bytes(token_id))
+    sys.stdout.flush()
+
 
 # ----------------------------------------------------------------------------
-# GPT-2 encoding (data prep)
+# GPT-2 encoding (data prep, prompts)
 
 def get_gpt2_encoding():
     """tiktoken's "gpt2" Encoding, from LLMC_GPT2_TIKTOKEN's ranks file if set, else tiktoken's download."""
@@ -135,10 +163,7 @@ def get_gpt2_encoding():
 
     path = os.environ.get(GPT2_TIKTOKEN_ENV)
     if path:
-        return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT_STR,
-                                 mergeable_ranks=load_gpt2_ranks(path),
-                                 special_tokens={"<|endoftext|>": GPT2_EOT},
-                                 explicit_n_vocab=GPT2_VOCAB_SIZE)
+        return gpt2_encoding(load_gpt2_ranks(path))
     try:
         return tiktoken.get_encoding("gpt2")
     # tiktoken surfaces network, hash and cache failures as many exception types; all mean "no encoding"
@@ -148,6 +173,14 @@ def get_gpt2_encoding():
         raise LlmcError(f"cannot get the GPT-2 encoding from tiktoken ({cause}): give tiktoken network "
                         f"access for its download, or set {GPT2_TIKTOKEN_ENV} to a GPT-2 ranks file "
                         f"such as gpt2.tiktoken") from None
+
+
+def gpt2_encoding(ranks):
+    """tiktoken's "gpt2" Encoding from GPT-2's 50,256 BPE ranks {token bytes: rank}."""
+    import tiktoken
+
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": GPT2_EOT}, explicit_n_vocab=GPT2_VOCAB_SIZE)
 
 
 def load_gpt2_ranks(path):

@@ -99,6 +99,24 @@ def test_safe_bytes(tmp_path):
         tok.decode(16)
 
 
+def test_print_token_keeps_order_on_a_pipe(tmp_path):
+    """Raw token bytes and text printed before them come out in order even when stdout is a pipe (buffered)."""
+    import subprocess
+    import sys
+    path = small_tokenizer(tmp_path, [b"A", b"\xe2\x82\xac", b"\x01"])
+    code = (f"from llmc_py.tokenizer import Tokenizer, print_token\n"
+            f"tok = Tokenizer.load({str(path)!r})\n"
+            f"print('generating:')\n"
+            f"for t in (0, 1, 2, 0):\n    print_token(tok, t)\n"
+            f"print('|')\n"
+            f"for t in (2, 0):\n    print_token(None, t)\n"
+            f"print('end')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=60).stdout
+    assert out == "generating:\nA\u20acA|\n2 0 end\n".encode()  # the lone control byte 0x01 is not printed
+
+
 def test_load_optional(tmp_path, capsys):
     path = tmp_path / "gpt2_tokenizer.bin"
     assert Tokenizer.load_optional(path) is None
@@ -232,3 +250,29 @@ def test_gpt2_encoding_offline_without_ranks_file(monkeypatch):
     assert "Failed to resolve 'openaipublic.blob.core.windows.net'" in msg
     assert "give tiktoken network access for its download" in msg
     assert "set LLMC_GPT2_TIKTOKEN to a GPT-2 ranks file such as gpt2.tiktoken" in msg
+
+
+def test_encode_with_the_tokenizer_file(tmp_path, gpt2_tiktoken, test_data_dir, monkeypatch):
+    """gpt2_tokenizer.bin's tokens taken as BPE ranks (GPT-2's rank of a token is its id) encode exactly as
+    tiktoken's GPT-2, with neither LLMC_GPT2_TIKTOKEN nor tiktoken's download."""
+    import tiktoken
+    enc = get_gpt2_encoding()
+    path = tmp_path / "gpt2_tokenizer.bin"
+    write_tokenizer(path, gpt2_token_bytes(enc), enc.eot_token)
+    text = ((test_data_dir / "tinyshakespeare" / "input.txt").read_text()[:50000]
+            + " naïve café 日本語 \U0001F600 <|endoftext|>x\n\n  ")
+    monkeypatch.delenv("LLMC_GPT2_TIKTOKEN")
+    monkeypatch.setattr(tiktoken, "get_encoding", None)
+    tok = Tokenizer.load(path)
+    assert tok.encode(text) == enc.encode(text, allowed_special="all")
+    assert tok.encode("Hello world<|endoftext|>") == [15496, 995, 50256]
+
+
+def test_encode_needs_gpt2s_tokenizer(tmp_path):
+    with pytest.raises(LlmcError, match=r"tok\.bin: encoding text needs GPT-2's tokenizer \(50257 tokens, EOT 50256\), "
+                                        r"found 3 tokens with EOT 2$"):
+        Tokenizer.load(small_tokenizer(tmp_path, [b"a", b"b", b"<|endoftext|>"], eot=2)).encode("ab")
+    # GPT-2's shape, but the odd single bytes are missing: BPE could not start from every byte
+    with pytest.raises(LlmcError, match=r"tok\.bin: expected GPT-2's 50256 distinct tokens covering every single "
+                                        r"byte, found 768 distinct tokens$"):
+        Tokenizer.load(small_tokenizer(tmp_path, GPT2_SHAPED, eot=50256)).encode("ab")
