@@ -446,6 +446,8 @@ def test_train_program_on_fake_gpu(emulated, d12_dir, wide_model, tmp_path, monk
     assert train_program.main(args + ["-x", "3"]) == 0
     out = capsys.readouterr().out
     assert "| device                | NVIDIA H100 80GB HBM3" in out and "| precision             | BF16" in out
+    assert ("MFU: against 988.8 TFLOPS, the dense BF16 tensor-core peak of NVIDIA H100 80GB HBM3 (hopper family at "
+            "528 tensor cores, 1830 MHz)\n") in out
     assert "allocating" in out and "MiB for activations" in out and "device memory usage:" in out
     steps = re.findall(r"^step +\d+/3 \| loss (\d+\.\d{6}) .*\| 1\.00 ms \| (\d+\.\d)% bf16 MFU \| \d+ tok/s$",
                        out, re.M)
