@@ -521,6 +521,51 @@ def test_profile_and_bench_on_fake_gpu(fake, wide_model, monkeypatch, capsys):
     assert re.search(r"median of 2 steps: 1\.0 ms/step \| 32000 tok/s \| \d+\.\d% bf16 MFU", out), out
 
 
+def test_event_checker_catches_mistakes(fake):
+    """CUDA events on the fake: an elapsed time needs both events recorded on one stream, in order, and the end
+    one completed (a host synchronization after it), as cudaEventElapsedTime does."""
+    import cupy
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    end.record()
+    with pytest.raises(AssertionError, match="before the end event completed"):
+        cupy.cuda.get_elapsed_time(start, end)
+    end.synchronize()
+    assert cupy.cuda.get_elapsed_time(start, end) == 1.0
+    with pytest.raises(AssertionError, match="recorded before the start event"):
+        cupy.cuda.get_elapsed_time(end, start)
+    other = cupy.cuda.Stream(non_blocking=True)
+    late = cupy.cuda.Event()
+    late.record(other)
+    cupy.cuda.Device().synchronize()
+    with pytest.raises(AssertionError, match="events of two streams"):
+        cupy.cuda.get_elapsed_time(start, late)
+
+
+@pytest.mark.parametrize("precision, r, ge, f", [("bf16", 1, 0, 1), ("bf16", 0, 2, 1), ("fp32", 2, 1, 1),
+                                                 ("fp32", 1, 0, 0)])
+def test_profile_groups_every_op_on_fake_gpu(fake, wide_model, monkeypatch, capsys, precision, r, ge, f):
+    """Every op call of the profiled step lands in its group: the fake's CUDA events say 1 ms per call, so each
+    group's ms is its number of calls, counted here from gpt2.py's step for L=2 layers; fp32 uses TF32 as training
+    does unless -f 0."""
+    profile = load_program("profile_under_test", "profile_gpt2cu.py")
+    monkeypatch.setattr(sys, "argv", ["profile_gpt2cu.py", "-e", str(wide_model), "-b", "2", "-t", "16", "--precision",
+                                      precision, "-r", str(r), "-ge", str(ge), "-f", str(f)])
+    profile.main()
+    out = capsys.readouterr().out
+    L = WIDE.num_layers
+    per_layer_forward = 4 + 1 + 2 + (ge == 0)             # matmuls, attention, two residual+layernorms, GELU
+    per_layer_backward = 4 + 2 + 1 + (r >= 1) + 2 * (r >= 2)  # matmuls, layernorms, attention, recomputation
+    expected = {"encoder": 2, "forward": 1 + L * per_layer_forward - 1, "classifier": 5,
+                "backward": L * per_layer_backward + 1, "optimizer": 1 + 16}  # + the loss sum; norm + 16 AdamW calls
+    groups = {g: float(ms) for g, ms in re.findall(r"^  (\w+) +([\d.]+) ms \( *[\d.]+%\)", out, re.M)}
+    assert groups == {g: float(n) for g, n in expected.items()}, out
+    total = sum(expected.values())
+    assert f"a training step takes {total:.3f} ms in its ops (1.000 ms for the whole step" in out
+    tf32 = precision == "fp32" and f == 1
+    assert ("(TF32 matmuls)" in out) == tf32 and list(fake.math_mode.values())[-1] == (3 if tf32 else 0)
+
+
 def test_matmul_variants_on_fake_gpu(fake, wide_model, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     script = load_program("matmul_variants_under_test", "dev/cuda/matmul_variants.py")
