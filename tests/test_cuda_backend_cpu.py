@@ -10,6 +10,7 @@ What none of this can show is whether the CUDA kernels and the real libraries co
 assumes: tests/test_kernels_gpu.py and test_gpt2cu.py on a GPU do that.
 """
 import importlib.util
+import json
 import re
 import sys
 
@@ -505,7 +506,7 @@ def test_gpt2cu_program_on_fake_gpu(emulated, wide_debug_state, wide_model, tmp_
     assert "OK (reload determinism over 10 steps)" in out
 
 
-def test_profile_and_bench_on_fake_gpu(fake, wide_model, monkeypatch, capsys):
+def test_profile_and_bench_on_fake_gpu(fake, wide_model, d12_dir, tmp_path, monkeypatch, capsys):
     profile = load_program("profile_under_test", "profile_gpt2cu.py")
     monkeypatch.setattr(sys, "argv", ["profile_gpt2cu.py", "-e", str(wide_model), "-b", "2", "-t", "16"])
     profile.main()
@@ -519,6 +520,21 @@ def test_profile_and_bench_on_fake_gpu(fake, wide_model, monkeypatch, capsys):
     bench.main()
     out = capsys.readouterr().out
     assert re.search(r"median of 2 steps: 1\.0 ms/step \| 32000 tok/s \| \d+\.\d% bf16 MFU", out), out
+    # on tinyshakespeare with a warm-up window and the JSON form dev/bench_peers.py reads
+    shard = d12_dir / "dev" / "data" / "tinyshakespeare" / "tiny_shakespeare_train.bin"
+    result_path = tmp_path / "bench.json"
+    forwards = sum(k == "encoder_forward_kernel" for k, *_ in fake.launches)
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--device", "cuda", "-e", str(wide_model), "-b", "2", "-t", "16",
+                                      "-i", str(shard), "--warmup", "3", "--steps", "4", "--json", str(result_path)])
+    bench.main()
+    assert "median of 4 steps: 1.0 ms/step | 32000 tok/s" in capsys.readouterr().out
+    assert sum(k == "encoder_forward_kernel" for k, *_ in fake.launches) - forwards == 7
+    result = json.loads(result_path.read_text())
+    assert result["program"] == "llmc-py" and result["device"] == "NVIDIA H100 80GB HBM3"
+    assert (result["B"], result["T"], result["steps"], result["step_ms"]) == (2, 16, 4, [1.0] * 4)
+    assert result["median_ms"] == 1.0 and result["tok_per_s"] == 32000.0
+    assert result["memory_mib"] == 10 << 10  # the fake's memGetInfo: 70 of 80 GiB free
+    assert result["details"]["data"] == str(shard) and result["details"]["warmup"] == 3
 
 
 def test_event_checker_catches_mistakes(fake):
