@@ -94,5 +94,7 @@ def d12_dir(test_data_dir):
         proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             pytest.fail(f"{' '.join(cmd[1:3])} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    stamp.write_text(digest)
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(digest)
+    os.replace(tmp, stamp)  # a new file: never written through a hard link that other copies of .fixtures share
     return folder
