@@ -199,16 +199,20 @@ def main():
     p.add_argument("-r", type=int, default=1, choices=[0, 1, 2], help="recompute: 0 none, 1 GELU, 2 GELU+layernorm")
     p.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default bf16 on cuda, fp32 on cpu")
     p.add_argument("-ge", type=int, default=0, choices=[0, 1, 2], help="GELU fusion (cuda bf16)")
+    p.add_argument("-f", type=int, default=1, choices=[0, 1], help="TF32 for the fp32 matmuls on the GPU, as training")
     args = p.parse_args()
     precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
     if args.device == "cpu" and precision != "fp32":
         raise LlmcError(f"--precision {precision}: --device cpu runs fp32 only")
     if args.b < 1 or args.t < 1:
         raise LlmcError(f"-b {args.b} -t {args.t}: expected positive sizes")
-    where = "cpu (NumPy reference)"
+    where, tf32 = "cpu (NumPy reference)", False
     if args.device == "cuda":
-        where = f"{cuda.init_device(0).name}, {precision}"
-    kwargs = dict(recompute=args.r, gelu_fusion=args.ge, device=args.device, precision=precision)
+        info = cuda.init_device(0)
+        # TF32 exactly when train_gpt2cu.py uses it: fp32, compute capability 8.0 or more, -f 1
+        tf32 = precision == "fp32" and int(info.compute_capability) >= 80 and bool(args.f)
+        where = f"{info.name}, {precision}{' (TF32 matmuls)' if tf32 else ''}"
+    kwargs = dict(recompute=args.r, gelu_fusion=args.ge, device=args.device, precision=precision, tf32=tf32)
     model = GPT2.from_checkpoint(args.e, **kwargs) if args.e.endswith(".bin") else GPT2.from_descriptor(args.e, **kwargs)
     c = model.config
     print(f"model {args.e}: {c.num_parameters:,} parameters, L={c.num_layers} C={c.channels}, B={args.b} T={args.t}, "

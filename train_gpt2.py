@@ -5,7 +5,8 @@ current directory. Random-init models (--model d12 ...) draw their weights from 
 PyTorch's module-init order, which llmc_py.rand reproduces bit for bit, so `-e d12` and this file agree.
 The debug state also carries the losses of llm.c's 10 reference training steps on the debug batch (in
 header slots llm.c's reader ignores), so test_gpt2cu.py can check a random-init model without a
-hard-coded list. This file is the only place outside the tests that uses torch.
+hard-coded list. This file is the only place outside the tests and dev/bench_torch.py (the PyTorch peer of the
+benchmarks) that uses torch.
 """
 import argparse
 import copy
@@ -28,6 +29,10 @@ PRETRAINED = {"gpt2": "124M", "gpt2-medium": "355M", "gpt2-large": "774M", "gpt2
 PRETRAINED_SHAPES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024),
                      "gpt2-large": (36, 20, 1280), "gpt2-xl": (48, 25, 1600)}
 RANDOM_INIT = ("d12", "d24", "d36", "d48")
+# llm.c's per-layer tensors (index in its file order) -> the parameter of each Block
+LAYER_PARAM_NAMES = {2: "ln_1.weight", 3: "ln_1.bias", 4: "attn.c_attn.weight", 5: "attn.c_attn.bias",
+                     6: "attn.c_proj.weight", 7: "attn.c_proj.bias", 8: "ln_2.weight", 9: "ln_2.bias",
+                     10: "mlp.c_fc.weight", 11: "mlp.c_fc.bias", 12: "mlp.c_proj.weight", 13: "mlp.c_proj.bias"}
 
 
 # ----------------------------------------------------------------------------
@@ -139,6 +144,25 @@ class GPT(nn.Module):
         return GPT2Config(c.max_seq_len, c.vocab_size, PADDED_VOCAB_SIZE, c.num_layers, c.num_heads, c.channels)
 
 
+def load_llmc(model, config, params):
+    """The inverse of flatten_llmc: copies the flat parameters of an llm.c model file (`config` from its header,
+    any float dtype) into the model's tensors; wte gives the model as many of its Vp rows as it has."""
+    t = model.transformer
+    V = t.wte.weight.shape[0]
+    single = {1: t.wpe.weight, 14: t.ln_f.weight, 15: t.ln_f.bias}
+    flat = np.asarray(params, dtype=np.float32)
+    with torch.no_grad():
+        for i, (offset, shape) in enumerate(zip(config.param_offsets(), config.param_shapes())):
+            values = torch.from_numpy(flat[offset:offset + int(np.prod(shape))].reshape(shape))
+            if i == 0:
+                t.wte.weight.copy_(values[:V])
+            elif i in LAYER_PARAM_NAMES:
+                for block, layer_values in zip(t.h, values):
+                    block.get_parameter(LAYER_PARAM_NAMES[i]).copy_(layer_values)
+            else:
+                single[i].copy_(values)
+
+
 def flatten_llmc(model, grads=False):
     """Flat f32 array in llm.c's layout, wte padded with zero rows to Vp (params, or their .grad)."""
     with torch.no_grad():
@@ -155,10 +179,7 @@ def flatten_llmc(model, grads=False):
 
 def _stacked_grad(model, index):
     # stacked tensors are new tensors: collect each layer's parameter .grad instead
-    params_by_index = {2: "ln_1.weight", 3: "ln_1.bias", 4: "attn.c_attn.weight", 5: "attn.c_attn.bias",
-                       6: "attn.c_proj.weight", 7: "attn.c_proj.bias", 8: "ln_2.weight", 9: "ln_2.bias",
-                       10: "mlp.c_fc.weight", 11: "mlp.c_fc.bias", 12: "mlp.c_proj.weight", 13: "mlp.c_proj.bias"}
-    name = params_by_index[index]
+    name = LAYER_PARAM_NAMES[index]
     return torch.stack([block.get_parameter(name).grad for block in model.transformer.h])
 
 

@@ -24,7 +24,7 @@ from llmc_py.dataloader import DataLoader, EvalLoader
 from llmc_py.gpt2 import GPT2, Shard
 from llmc_py.hellaswag import evaluate as evaluate_hellaswag
 from llmc_py.logger import Logger
-from llmc_py.mfu import estimate_mfu, format_mfu, get_flops_promised
+from llmc_py.mfu import describe_peak, estimate_mfu, format_mfu, get_flops_promised
 from llmc_py.outlier_detector import OutlierDetector
 from llmc_py.sampler import Sampler, check_fits, generate, prompt_tokens
 from llmc_py.schedulers import LearningRateScheduler
@@ -322,6 +322,8 @@ def train(o, info, comm, device=None):
         ("precision", o["precision"].upper() + (" (TF32 matmuls)" if enable_tf32 else "")
          + (f", --matmul {o['matmul']}" if o["matmul"] != "cublas" else "")),
         ("process", info.describe())])
+    if gpu:
+        print(describe_peak(device.name, o["precision"]))
 
     # resume: the newest complete (DONE_) checkpoint in the output dir, if any
     resume_step = -1

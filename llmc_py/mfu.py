@@ -2,8 +2,8 @@
 
 The non-obvious decision: a GPU's peak is not looked up directly but scaled from its architecture's
 flagship whitepaper figure by tensor-core count and boost clock (peak = family value * cores/base_cores *
-MHz/base_MHz, in f32), matched on the exact CUDA device name; any other name (H200, H100 NVL, ...) has no
-peak, and the MFU is reported as "n/a" instead of llm.c's "-100.0%".
+MHz/base_MHz, in f32), matched on the exact CUDA device name; any other name (H100 NVL, ...) has no peak, and
+the MFU is reported as "n/a" instead of llm.c's "-100.0%". Beyond llm.c's table: the H200, with sourced figures.
 """
 import numpy as np
 
@@ -61,6 +61,11 @@ GPUS = {
     "NVIDIA GeForce RTX 4060": ("ada", 96, 2460),
     "NVIDIA H100 PCIe": ("hopper", 456, 1620),
     "NVIDIA H100 80GB HBM3": ("hopper", 528, 1830),  # SXM5
+    # H200 SXM (not in llm.c's table). NVIDIA's H200 datasheet: 1,979 BF16 tensor TFLOPS with sparsity, i.e. 989.5
+    # dense, the H100 SXM's figure. NVIDIA's H100 whitepaper: the H100 SXM5 has 132 SMs with 528 fourth-generation
+    # tensor cores of 512 dense BF16 FMA per clock and 989.4 dense BF16 TFLOPS, which is a 1830 MHz boost clock
+    # (528 * 512 * 2 * 1830e6 = 989.5e12), the entry above; the H200 is that GH100 configuration.
+    "NVIDIA H200": ("hopper", 528, 1830),
 }
 
 
@@ -80,6 +85,17 @@ def get_flops_promised(device_name, precision):
         return -1.0
     base_mhz, base_cores = perf[3], perf[4]
     return float(f32(value) * (f32(cores) / f32(base_cores)) * (f32(mhz) / f32(base_mhz)))
+
+
+def describe_peak(device_name, precision):
+    """The start-up line that says which peak the step line's MFU is measured against."""
+    peak = get_flops_promised(device_name, precision)
+    kind = "TF32" if precision == "fp32" else precision.upper()
+    if peak < 0:
+        return f"MFU: no {kind} tensor-core peak known for {device_name!r}; the step line prints MFU n/a"
+    family, cores, mhz = GPUS[device_name]
+    return (f"MFU: against {peak:.1f} TFLOPS, the dense {kind} tensor-core peak of {device_name} "
+            f"({family} family at {cores} tensor cores, {mhz} MHz)")
 
 
 def flops_per_token(num_parameters, num_layers, channels, T):

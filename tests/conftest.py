@@ -94,7 +94,7 @@ def d12_dir(test_data_dir):
         proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             pytest.fail(f"{' '.join(cmd[1:3])} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    # a new file, not a rewrite: fixture folders copied as hard links must not share the stamp
-    (folder / "sources.sha256.tmp").write_text(digest)
-    os.replace(folder / "sources.sha256.tmp", stamp)
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    tmp.write_text(digest)
+    os.replace(tmp, stamp)  # a new file: never written through a hard link that other copies of .fixtures share
     return folder

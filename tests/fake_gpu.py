@@ -512,6 +512,7 @@ class FakeGPU:
         self.modules = {}
         self.device_name, self.num_sms = device_name, num_sms
         self.stream_ptr = 0
+        self.syncs = 0         # host synchronizations so far (device, stream or event)
         self.math_mode = {}
         self.driver_version = 12090  # cudaDriverGetVersion: CUDA 12.9
 
@@ -641,7 +642,7 @@ class FakeGPU:
                 assert self.id == 0, "the fake has one GPU"
 
             def synchronize(self):
-                pass
+                gpu.syncs += 1
 
             compute_capability = "90"
 
@@ -657,24 +658,33 @@ class FakeGPU:
                 return self
 
             def synchronize(self):
-                pass
+                gpu.syncs += 1
 
         class Event:
+            """Recorded on a stream, in order; done once the host synchronized after the record."""
+            _order = [0]
+
             def __init__(self, *args, **kwargs):
                 self.recorded = False
 
             def record(self, stream=None):
-                self.recorded = True
+                self.recorded, self.stream = True, gpu.stream_ptr if stream is None else stream.ptr
+                Event._order[0] += 1
+                self.order, self.syncs_before = Event._order[0], gpu.syncs
 
             def synchronize(self):
                 assert self.recorded, "synchronize on an event never recorded"
+                gpu.syncs += 1
 
         def get_elapsed_time(start, end):
-            assert start.recorded and end.recorded
+            assert start.recorded and end.recorded, "elapsed time between events never recorded"
+            assert start.stream == end.stream, "elapsed time between events of two streams"
+            assert start.order < end.order, "the end event was recorded before the start event"
+            assert gpu.syncs > end.syncs_before, "elapsed time before the end event completed (cudaErrorNotReady)"
             return 1.0
 
         cuda.Device, cuda.Stream, cuda.Event, cuda.get_elapsed_time = Device, Stream, Event, get_elapsed_time
-        cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=gpu.stream_ptr, synchronize=lambda: None)
+        cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=gpu.stream_ptr, synchronize=Device().synchronize)
         cupy.cuda = cuda
         return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.nccl": nccl,
                 "cupy.cuda.compiler": compiler}

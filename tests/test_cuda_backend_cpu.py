@@ -10,6 +10,7 @@ What none of this can show is whether the CUDA kernels and the real libraries co
 assumes: tests/test_kernels_gpu.py and test_gpt2cu.py on a GPU do that.
 """
 import importlib.util
+import json
 import re
 import sys
 
@@ -469,6 +470,8 @@ def test_train_program_on_fake_gpu(emulated, d12_dir, wide_model, tmp_path, monk
     out = capsys.readouterr().out
     assert "| device                | NVIDIA H100 80GB HBM3" in out and "| precision             | BF16" in out
     assert re.search(r"^CUDA driver 12\.9 \| runtime 12\.9 \| cupy .* \| nvmath .* \| cuDNN .* \| NCCL n/a$", out, re.M)
+    assert ("MFU: against 988.8 TFLOPS, the dense BF16 tensor-core peak of NVIDIA H100 80GB HBM3 (hopper family at "
+            "528 tensor cores, 1830 MHz)\n") in out
     assert "allocating" in out and "MiB for activations" in out and "device memory usage:" in out
     steps = re.findall(r"^step +\d+/3 \| loss (\d+\.\d{6}) .*\| 1\.00 ms \| (\d+\.\d)% bf16 MFU \| \d+ tok/s$",
                        out, re.M)
@@ -526,7 +529,7 @@ def test_gpt2cu_program_on_fake_gpu(emulated, wide_debug_state, wide_model, tmp_
     assert "OK (reload determinism over 10 steps)" in out
 
 
-def test_profile_and_bench_on_fake_gpu(fake, wide_model, monkeypatch, capsys):
+def test_profile_and_bench_on_fake_gpu(fake, wide_model, d12_dir, tmp_path, monkeypatch, capsys):
     profile = load_program("profile_under_test", "profile_gpt2cu.py")
     monkeypatch.setattr(sys, "argv", ["profile_gpt2cu.py", "-e", str(wide_model), "-b", "2", "-t", "16"])
     profile.main()
@@ -540,6 +543,66 @@ def test_profile_and_bench_on_fake_gpu(fake, wide_model, monkeypatch, capsys):
     bench.main()
     out = capsys.readouterr().out
     assert re.search(r"median of 2 steps: 1\.0 ms/step \| 32000 tok/s \| \d+\.\d% bf16 MFU", out), out
+    # on tinyshakespeare with a warm-up window and the JSON form dev/bench_peers.py reads
+    shard = d12_dir / "dev" / "data" / "tinyshakespeare" / "tiny_shakespeare_train.bin"
+    result_path = tmp_path / "bench.json"
+    forwards = sum(k == "encoder_forward_kernel" for k, *_ in fake.launches)
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--device", "cuda", "-e", str(wide_model), "-b", "2", "-t", "16",
+                                      "-i", str(shard), "--warmup", "3", "--steps", "4", "--json", str(result_path)])
+    bench.main()
+    assert "median of 4 steps: 1.0 ms/step | 32000 tok/s" in capsys.readouterr().out
+    assert sum(k == "encoder_forward_kernel" for k, *_ in fake.launches) - forwards == 7
+    result = json.loads(result_path.read_text())
+    assert result["program"] == "llmc-py" and result["device"] == "NVIDIA H100 80GB HBM3"
+    assert (result["B"], result["T"], result["steps"], result["step_ms"]) == (2, 16, 4, [1.0] * 4)
+    assert result["median_ms"] == 1.0 and result["tok_per_s"] == 32000.0
+    assert result["memory_mib"] == 10 << 10  # the fake's memGetInfo: 70 of 80 GiB free
+    assert result["details"]["data"] == str(shard) and result["details"]["warmup"] == 3
+
+
+def test_event_checker_catches_mistakes(fake):
+    """CUDA events on the fake: an elapsed time needs both events recorded on one stream, in order, and the end
+    one completed (a host synchronization after it), as cudaEventElapsedTime does."""
+    import cupy
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    end.record()
+    with pytest.raises(AssertionError, match="before the end event completed"):
+        cupy.cuda.get_elapsed_time(start, end)
+    end.synchronize()
+    assert cupy.cuda.get_elapsed_time(start, end) == 1.0
+    with pytest.raises(AssertionError, match="recorded before the start event"):
+        cupy.cuda.get_elapsed_time(end, start)
+    other = cupy.cuda.Stream(non_blocking=True)
+    late = cupy.cuda.Event()
+    late.record(other)
+    cupy.cuda.Device().synchronize()
+    with pytest.raises(AssertionError, match="events of two streams"):
+        cupy.cuda.get_elapsed_time(start, late)
+
+
+@pytest.mark.parametrize("precision, r, ge, f", [("bf16", 1, 0, 1), ("bf16", 0, 2, 1), ("fp32", 2, 1, 1),
+                                                 ("fp32", 1, 0, 0)])
+def test_profile_groups_every_op_on_fake_gpu(fake, wide_model, monkeypatch, capsys, precision, r, ge, f):
+    """Every op call of the profiled step lands in its group: the fake's CUDA events say 1 ms per call, so each
+    group's ms is its number of calls, counted here from gpt2.py's step for L=2 layers; fp32 uses TF32 as training
+    does unless -f 0."""
+    profile = load_program("profile_under_test", "profile_gpt2cu.py")
+    monkeypatch.setattr(sys, "argv", ["profile_gpt2cu.py", "-e", str(wide_model), "-b", "2", "-t", "16", "--precision",
+                                      precision, "-r", str(r), "-ge", str(ge), "-f", str(f)])
+    profile.main()
+    out = capsys.readouterr().out
+    L = WIDE.num_layers
+    per_layer_forward = 4 + 1 + 2 + (ge == 0)             # matmuls, attention, two residual+layernorms, GELU
+    per_layer_backward = 4 + 2 + 1 + (r >= 1) + 2 * (r >= 2)  # matmuls, layernorms, attention, recomputation
+    expected = {"encoder": 2, "forward": 1 + L * per_layer_forward - 1, "classifier": 5,
+                "backward": L * per_layer_backward + 1, "optimizer": 1 + 16}  # + the loss sum; norm + 16 AdamW calls
+    groups = {g: float(ms) for g, ms in re.findall(r"^  (\w+) +([\d.]+) ms \( *[\d.]+%\)", out, re.M)}
+    assert groups == {g: float(n) for g, n in expected.items()}, out
+    total = sum(expected.values())
+    assert f"a training step takes {total:.3f} ms in its ops (1.000 ms for the whole step" in out
+    tf32 = precision == "fp32" and f == 1
+    assert ("(TF32 matmuls)" in out) == tf32 and list(fake.math_mode.values())[-1] == (3 if tf32 else 0)
 
 
 def test_matmul_variants_on_fake_gpu(fake, wide_model, tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ from llmc_py import LlmcError
 from llmc_py.checkpoint import LoaderState
 from llmc_py.dataloader import DataLoader
 from llmc_py.logger import Logger
-from llmc_py.mfu import estimate_mfu, flops_per_token, format_mfu, get_flops_promised
+from llmc_py.mfu import describe_peak, estimate_mfu, flops_per_token, format_mfu, get_flops_promised
 from llmc_py.outlier_detector import OutlierDetector
 from llmc_py.rand import random_f32
 from llmc_py.sampler import SAMPLE_RNG_SEED, sample_softmax
@@ -461,10 +461,36 @@ def test_mfu_peaks():
     assert get_flops_promised("NVIDIA GeForce RTX 3090", "bf16") == pytest.approx(80 * 328 / 336 * 1695 / 1860, rel=1e-6)
     assert get_flops_promised("Tesla V100-SXM2-16GB", "bf16") == -1.0  # Volta has no bf16 tensor cores
     assert get_flops_promised("Tesla V100-SXM2-16GB", "fp32") == 125.0
-    for name in ("NVIDIA H200", "NVIDIA H100 NVL", "nvidia h100 80gb hbm3", ""):
+    for name in ("NVIDIA H200 NVL", "NVIDIA H100 NVL", "nvidia h100 80gb hbm3", "NVIDIA H200 ", ""):
         assert get_flops_promised(name, "bf16") == -1.0
     with pytest.raises(LlmcError, match=r"unknown precision 'fp8'"):
         get_flops_promised(h100, "fp8")
+
+
+def test_mfu_h200_from_the_datasheet():
+    """The H200's peak by hand: NVIDIA's datasheet gives 1,979 BF16 TFLOPS with sparsity (989.5 dense); the H100
+    whitepaper's GH100 SXM5 has 528 tensor cores of 512 dense BF16 FMA per clock at 1830 MHz. llm.c's scaling from
+    the Hopper base (756 TFLOPS at 456 cores, 1620 MHz) must land on that figure, as for the H100 SXM5."""
+    by_hand = 528 * 512 * 2 * 1830e6 / 1e12
+    assert by_hand == pytest.approx(1979 / 2, abs=0.1)
+    bf16 = get_flops_promised("NVIDIA H200", "bf16")
+    assert bf16 == pytest.approx(756 * 528 / 456 * 1830 / 1620, rel=1e-6)
+    assert bf16 == pytest.approx(by_hand, rel=1e-3)
+    assert bf16 == get_flops_promised("NVIDIA H100 80GB HBM3", "bf16")
+    assert get_flops_promised("NVIDIA H200", "fp32") == pytest.approx(bf16 / 2, rel=1e-6)  # TF32: half the rate
+    # a d12 step of 64x1024 tokens in 100 ms on an H200
+    mfu = estimate_mfu(124_475_904, 12, 768, 1024, 64 * 1024, 0.1, bf16)
+    assert mfu == pytest.approx(803_478_528 * 65536 / 0.1 / (by_hand * 1e12), rel=1e-3)
+    assert format_mfu(mfu) == "53.3% bf16 MFU"
+
+
+def test_mfu_start_up_line():
+    assert describe_peak("NVIDIA H200", "bf16") == ("MFU: against 988.8 TFLOPS, the dense BF16 tensor-core peak of "
+                                                    "NVIDIA H200 (hopper family at 528 tensor cores, 1830 MHz)")
+    assert describe_peak("NVIDIA H200", "fp32").startswith("MFU: against 494.4 TFLOPS, the dense TF32 tensor-core")
+    assert describe_peak("NVIDIA H100 NVL", "bf16") == ("MFU: no BF16 tensor-core peak known for 'NVIDIA H100 NVL'; "
+                                                        "the step line prints MFU n/a")
+    assert describe_peak("Tesla V100-SXM2-16GB", "bf16").startswith("MFU: no BF16 tensor-core peak known")
 
 
 def test_mfu_estimate_and_format():
@@ -476,4 +502,4 @@ def test_mfu_estimate_and_format():
     assert format_mfu(0.4134) == "41.3% bf16 MFU"
     assert estimate_mfu(124_475_904, 12, 768, 1024, tokens, 1.25, -1.0) == -1.0
     assert format_mfu(-1.0) == "MFU n/a"
-    assert format_mfu(estimate_mfu(1, 1, 1, 1, 1, 1.0, get_flops_promised("NVIDIA H200", "bf16"))) == "MFU n/a"
+    assert format_mfu(estimate_mfu(1, 1, 1, 1, 1, 1.0, get_flops_promised("NVIDIA H100 NVL", "bf16"))) == "MFU n/a"
