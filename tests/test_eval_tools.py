@@ -6,16 +6,19 @@ Expected values are built independently in each test: file bytes with struct, ba
 own tokens, losses with a float64 log-softmax of the model's logits, safetensors read by a reader here.
 No network: every script runs on small inputs the test writes, through the same code path a download takes.
 """
+import contextlib
 import importlib.util
 import json
 import math
 import os
 import random
 import re
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import ml_dtypes
@@ -35,11 +38,29 @@ EOT = 50256
 
 
 def run_script(path, *args, env_tiktoken=None, timeout=120):
+    """Runs a script; stdout and stderr come back as text exactly as written (a bar's \r stays a \r)."""
     env = dict(os.environ)
     if env_tiktoken is not None:
         env["LLMC_GPT2_TIKTOKEN"] = str(env_tiktoken)
-    return subprocess.run([sys.executable, str(REPO_ROOT / path), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / path), *map(str, args)], capture_output=True,
+                          timeout=timeout, env=env, cwd=REPO_ROOT)
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
+
+
+def last_bar(stderr):
+    """The last state a progress bar drew on stderr."""
+    return [part for part in re.split(r"[\r\n]", stderr) if part.strip()][-1]
+
+
+def error_line(stderr):
+    """The `error:` line, checked to start a line of its own (after a newline, not after a progress bar's
+    carriage return or text) and to be the last thing written."""
+    at = stderr.index("error: ")
+    assert at == 0 or stderr[at - 1] == "\n", f"the error shares a line: {stderr[max(0, at - 80):at + 40]!r}"
+    line = stderr[at:]
+    assert line.endswith("\n") and "\n" not in line[:-1] and "\r" not in line
+    return line[:-1]
 
 
 def load_module(name, path):
@@ -136,6 +157,7 @@ def test_hellaswag_file_byte_for_byte(hellaswag_bin):
     assert path.read_bytes() == expected
     longest = struct.unpack_from("<i", expected, 12)[0]
     assert proc.stdout == f"writing 5 examples to {path} ({len(expected):,} bytes, longest example {longest} bytes)\n"
+    assert last_bar(proc.stderr).startswith("tokenizing: 100%|") and "5/5" in last_bar(proc.stderr)
     # the context is encoded alone (no EOT), each ending with its leading space
     assert enc.decode(rendered(enc)[0][1]) == "A man is sitting on a roof. he"
     assert enc.decode(rendered(enc)[0][2][3]) == " starts pulling up roofing on a roof."
@@ -366,7 +388,7 @@ def test_tinystories_local_shards(gpt2_tiktoken, tmp_path):
     assert val[0] == EOT and train[0] == EOT
     assert "number of shards: 3" in proc.stdout
     assert f"writing {len(exp_val):,} tokens to {out / 'TinyStories_val.bin'}" in proc.stdout
-    assert "tokenizing train: shards [" in proc.stderr and "2/2" in proc.stderr
+    assert "tokenizing train: 100%|" in proc.stderr and "| 2/2 [" in proc.stderr
     # the same shards packed as the download's .tar.gz go through the unpack path to the same files
     archive = tmp_path / "TinyStories_all_data.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -377,6 +399,10 @@ def test_tinystories_local_shards(gpt2_tiktoken, tmp_path):
                       env_tiktoken=gpt2_tiktoken)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "TinyStories_all_data" / "data01.json").is_file()
+    assert not (tmp_path / "TinyStories_all_data.partial").exists()
+    # unpacking shows a bar over the archive's bytes, which ends full
+    unpacked = [part for part in re.split(r"[\r\n]", proc.stderr) if part.startswith("unpacking ")]
+    assert unpacked[-1].startswith("unpacking TinyStories_all_data.tar.gz: 100%|")
     for name in ("TinyStories_val.bin", "TinyStories_train.bin"):
         assert (out2 / name).read_bytes() == (out / name).read_bytes()
 
@@ -392,7 +418,34 @@ def test_tinystories_errors(gpt2_tiktoken, tmp_path):
     proc = run_script("dev/data/tinystories.py", "--input", tmp_path / "bad", "--out-dir", tmp_path / "o",
                       "--workers", 2, env_tiktoken=gpt2_tiktoken)
     assert proc.returncode == 1
-    assert proc.stderr.strip().endswith("data01.json: expected a JSON list of objects with a string field 'story'")
+    assert error_line(proc.stderr).endswith("data01.json: expected a JSON list of objects with a string field 'story'")
+
+
+def test_tinystories_failure_leaves_nothing(gpt2_tiktoken, tmp_path):
+    """A malformed train shard: the val file already tokenized is not left behind (nor the output folder), the
+    error keeps the JSON error's line and column, and the rerun after the fix writes a clean run's bytes."""
+    make_story_shards(tmp_path / "in")
+    clean = tmp_path / "clean"
+    proc = run_script("dev/data/tinystories.py", "--input", tmp_path / "in", "--out-dir", clean, "--workers", 1,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 0, proc.stderr
+    good = (tmp_path / "in" / "data02.json").read_text()
+    (tmp_path / "in" / "data02.json").write_text(good[:-1] + ",\n]")  # a trailing comma on line 2
+    out = tmp_path / "out"
+    proc = run_script("dev/data/tinystories.py", "--input", tmp_path / "in", "--out-dir", out, "--workers", 1,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 1
+    assert error_line(proc.stderr) == (f"error: {tmp_path / 'in' / 'data02.json'}: cannot read the JSON shard: "
+                                       f"Expecting value: line 2 column 1 (char {len(good) + 1})")
+    assert "writing" in proc.stdout and "TinyStories_val.bin" in proc.stdout  # val was written, then the run failed
+    assert not out.exists()
+    (tmp_path / "in" / "data02.json").write_text(good)
+    proc = run_script("dev/data/tinystories.py", "--input", tmp_path / "in", "--out-dir", out, "--workers", 1,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["TinyStories_train.bin", "TinyStories_val.bin"]
+    for name in ("TinyStories_val.bin", "TinyStories_train.bin"):
+        assert (out / name).read_bytes() == (clean / name).read_bytes()
 
 
 # ----------------------------------------------------------------------------
@@ -466,7 +519,9 @@ def test_fineweb_local_jsonl(gpt2_tiktoken, tmp_path):
     assert sum(s.count(EOT) for s in got) == len(texts)
     assert any(s[0] != EOT for s in got[1:]), "expected a document split across a shard boundary"
     assert f"wrote {len(expected)} shards to {out}" in proc.stdout
-    assert "shard 0: tokens [" in proc.stderr
+    # a bar per shard, in tokens, each full when its shard is written
+    bars = [part for part in re.split(r"[\r\n]", proc.stderr) if part.startswith("shard ")]
+    assert any(re.match(rf"shard 0: 100%\|.*\| {shard_size}\.0/{shard_size}\.0 \[", b) for b in bars)
 
 
 def test_fineweb_edu_names_and_errors(gpt2_tiktoken, tmp_path):
@@ -486,6 +541,93 @@ def test_fineweb_edu_names_and_errors(gpt2_tiktoken, tmp_path):
         proc = run_script("dev/data/fineweb.py", "--out-dir", tmp_path / "o3", env_tiktoken=gpt2_tiktoken)
         assert proc.returncode == 1
         assert proc.stderr.startswith("error: downloading FineWeb needs the Hugging Face `datasets` package")
+
+
+def write_docs(folder, texts, bad_line=None):
+    """texts as two jsonl files of {"text": ...} documents; bad_line (1-based, in the second file) is malformed."""
+    folder.mkdir(exist_ok=True)
+    half = len(texts) // 2
+    for name, part in (("part_000.jsonl", texts[:half]), ("part_001.jsonl", texts[half:])):
+        lines = [json.dumps({"text": t}) for t in part]
+        if name == "part_001.jsonl" and bad_line is not None:
+            lines[bad_line - 1] = lines[bad_line - 1][:-1] + ', "id": }'
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def test_fineweb_failure_leaves_nothing(gpt2_tiktoken, tmp_path):
+    """A malformed line after several shards were filled: no shard is left, the error starts its own line and
+    names the line and column, and the rerun after the fix writes what a clean run writes."""
+    texts = [f"Document {i}: " + " ".join(f"word{j}" for j in range(i % 17 + 3)) for i in range(40)]
+    write_docs(tmp_path / "clean_in", texts)
+    args = ["-s", 40, "--workers", 1]
+    proc = run_script("dev/data/fineweb.py", "--input", tmp_path / "clean_in", "--out-dir", tmp_path / "clean",
+                      *args, env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 0, proc.stderr
+    clean = {p.name: p.read_bytes() for p in (tmp_path / "clean").iterdir()}
+    assert len(clean) > 5
+    write_docs(tmp_path / "in", texts, bad_line=15)
+    bad = tmp_path / "in" / "part_001.jsonl"
+    column = len(bad.read_text().splitlines()[14])
+    out = tmp_path / "out"
+    proc = run_script("dev/data/fineweb.py", "--input", tmp_path / "in", "--out-dir", out, *args,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 1
+    assert proc.stdout.count("writing ") > 3  # shards were filled before the bad line was read
+    assert error_line(proc.stderr) == f"error: {bad}:15: not a JSON object: Expecting value at column {column}"
+    assert not out.exists()
+    write_docs(tmp_path / "in", texts)
+    proc = run_script("dev/data/fineweb.py", "--input", tmp_path / "in", "--out-dir", out, *args,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == clean
+
+
+def test_fineweb_interrupted_leaves_nothing(gpt2_tiktoken, tmp_path):
+    """Ctrl-C (SIGINT) while shards are being written: no shard, staged file or output folder is left. The
+    documents come through a named pipe, so the run is reliably mid-way when the signal arrives."""
+    (tmp_path / "in").mkdir()
+    pipe = tmp_path / "in" / "docs.jsonl"
+    os.mkfifo(pipe)
+    out = tmp_path / "out"
+    env = dict(os.environ, LLMC_GPT2_TIKTOKEN=str(gpt2_tiktoken))
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "dev" / "data" / "fineweb.py"), "--input",
+                             str(tmp_path / "in"), "--out-dir", str(out), "-s", "50", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
+    deadline = time.monotonic() + 120
+    try:
+        fd = None
+        while fd is None:  # the script opens the pipe once it reads its documents
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "fineweb.py never opened its input"
+                time.sleep(0.05)
+        os.set_blocking(fd, True)
+        interrupted = False
+        with os.fdopen(fd, "w") as writer:
+            i = 0
+            # keep documents coming until the process is gone: the pool's feeder never sees the end of input
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    writer.write(json.dumps({"text": f"document {i}: " + "a few words " * 5}) + "\n")
+                    writer.flush()
+                except BrokenPipeError:
+                    break
+                i += 1
+                if not interrupted and out.is_dir() and any(out.iterdir()):  # a shard is being written
+                    proc.send_signal(signal.SIGINT)
+                    interrupted = True
+                time.sleep(0.005)
+            with contextlib.suppress(BrokenPipeError):
+                writer.close()
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert interrupted, "no shard was staged before the deadline"
+    assert proc.returncode != 0
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------
