@@ -249,16 +249,6 @@ def test_eval_loader_errors(hellaswag_bin, tmp_path):
         EvalLoader(path, 3, 64)
     with pytest.raises(LlmcError, match=r"expected at least one example per process \(6\), found 5 examples$"):
         EvalLoader(path, 8, 64, 0, 6)
-    longest = struct.unpack_from("<i", path.read_bytes(), 12)[0]
-    T = longest // 10  # longest must be < 5*T*2 bytes
-    with pytest.raises(LlmcError, match=rf"longest example is {longest} bytes, expected 1...{10 * T - 1} for T={T}"):
-        EvalLoader(path, 8, T)
-    # a T that passes the header's bound can still be too short for an example: its batch says so
-    T = longest // 10 + 1
-    loader = EvalLoader(path, 8, T)
-    with pytest.raises(LlmcError, match=rf"example \d+: .*does not fit T={T}$"):
-        for _ in range(loader.num_batches):
-            loader.next_batch()
     raw = bytearray(path.read_bytes())
     bad = tmp_path / "bad.bin"
     bad.write_bytes(raw[:-2])
@@ -268,6 +258,60 @@ def test_eval_loader_errors(hellaswag_bin, tmp_path):
     bad.write_bytes(raw)
     with pytest.raises(LlmcError, match=r"bad magic: expected 20240522 \(HellaSwag eval file\), found 20240520$"):
         EvalLoader(bad, 8, 64)
+
+
+def fit_needs(examples):
+    """Per example, the smallest T it fits: context + its longest ending + 1 (the last input has no target)."""
+    return [len(ctx) + max(len(e) for e in endings) + 1 for _, ctx, endings in examples]
+
+
+def test_eval_loader_checks_every_example_against_T(hellaswag_bin):
+    """T is checked against every example when the loader opens, not at the batch that holds the example."""
+    path, _ = hellaswag_bin
+    examples = rendered(get_gpt2_encoding())
+    need = fit_needs(examples)
+    longest = struct.unpack_from("<i", path.read_bytes(), 12)[0]
+    min_T = max(max(need), longest // 10 + 1)  # llm.c's bound: the longest example under 5*T u16 values
+    assert max(need) > longest // 10 + 1 and need.index(max(need)) > 0  # the first examples fit a shorter T
+    loader = EvalLoader(path, 8, min_T)  # the smallest T fits every example, through every batch
+    for _ in range(loader.num_batches):
+        loader.next_batch()
+    for T in (min_T - 1, need[0] - 1, 8):
+        first = next(i for i, n in enumerate(need) if n > T)
+        _, ctx, endings = examples[first]
+        c = max(range(4), key=lambda k: len(endings[k]))
+        with pytest.raises(LlmcError) as e:
+            EvalLoader(path, 8, T)
+        assert str(e.value) == (f"{path}: example {first} does not fit T={T}: its {len(ctx)}-token context and "
+                                f"{len(endings[c])}-token ending {c} need T >= {need[first]}; every example fits "
+                                f"with -t {min_T} or more")
+
+
+def test_eval_loader_header_bound(tmp_path):
+    """An example can fit T while the file breaks llm.c's bound on the longest example: the bound names the fix."""
+    path = tmp_path / "tiny.bin"
+    path.write_bytes(expected_evalfile([(1, [5], [[1], [2], [3], [4]])]))  # 15 u16 values: 30 bytes
+    EvalLoader(path, 4, 4)
+    with pytest.raises(LlmcError) as e:
+        EvalLoader(path, 4, 3)  # needs T >= 3 to fit, but 30 bytes is not under 5*3*2
+    assert str(e.value) == f"{path}: the longest example is 30 bytes, expected less than 30 for T=3: every example " \
+                           f"fits with -t 4 or more"
+
+
+def test_eval_loader_checks_records_at_open(hellaswag_bin, tmp_path):
+    """A bad field in the last example stops the loader at open, before any batch."""
+    path, _ = hellaswag_bin
+    raw = bytearray(path.read_bytes())
+    label, ctx, endings = rendered(get_gpt2_encoding())[-1]
+    # the last record: delimiter, size, index, label, 4, context length, context, 4 x (length, ending)
+    label_at = len(raw) - 2 * (6 + len(ctx) + sum(1 + len(e) for e in endings)) + 2 * 3
+    assert struct.unpack_from("<H", raw, label_at)[0] == label
+    struct.pack_into("<H", raw, label_at, 4)
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(raw)
+    with pytest.raises(LlmcError) as e:
+        EvalLoader(bad, 8, 64)
+    assert str(e.value) == f"{bad}: example 4: expected a label in 0..3, found 4"
 
 
 # ----------------------------------------------------------------------------
@@ -803,17 +847,42 @@ def test_export_hf_loads_in_transformers(tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
-def test_hellaswag_in_training_loop(hellaswag_bin, d12_dir, tmp_path):
-    """-h 1: evaluated at every -v step except step 0 and at the last step, printed and logged as llm.c."""
+def train_with_hellaswag(hellaswag_bin, d12_dir, tmp_path, *args):
+    """Runs train_gpt2cu.py -h 1 in a run folder holding the tinyshakespeare shards, the tokenizer and the
+    eval file at the path the trainer reads (dev/data/hellaswag/hellaswag_val.bin)."""
     run_dir = tmp_path / "run"
     (run_dir / "dev" / "data" / "hellaswag").mkdir(parents=True)
     (run_dir / "dev" / "data" / "tinyshakespeare").symlink_to(d12_dir / "dev" / "data" / "tinyshakespeare")
     (run_dir / "gpt2_tokenizer.bin").symlink_to(d12_dir / "gpt2_tokenizer.bin")
     (run_dir / "dev" / "data" / "hellaswag" / "hellaswag_val.bin").write_bytes(hellaswag_bin[0].read_bytes())
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train_gpt2cu.py"), "--device", "cpu", "-e", "d6",
-                           "-b", "4", "-t", "64", "-x", "2", "-v", "1", "-m", "1", "-s", "0", "-h", "1",
-                           "-o", str(run_dir / "log")], cwd=run_dir, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(REPO_ROOT / "train_gpt2cu.py"), "--device", "cpu", "-e", "d6",
+                           "-b", "4", "-m", "1", "-s", "0", "-h", "1", "-o", str(run_dir / "log"), *map(str, args)],
+                          cwd=run_dir, capture_output=True, text=True, timeout=300)
+
+
+def test_hellaswag_fit_checked_at_startup(hellaswag_bin, d12_dir, tmp_path):
+    """-h 1 with a T too short for an example stops before the first step, naming the file, the first example
+    that does not fit and the smallest T that fits them all."""
+    examples = rendered(get_gpt2_encoding())
+    need = fit_needs(examples)
+    T = 32
+    first = next(i for i, n in enumerate(need) if n > T)
+    proc = train_with_hellaswag(hellaswag_bin, d12_dir, tmp_path, "-t", T, "-x", 2, "-v", 1)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: dev/data/hellaswag/hellaswag_val.bin: example {first} does not fit "
+                                  f"T={T}: ")
+    assert proc.stderr.endswith(f"; every example fits with -t {max(need)} or more\n")
+    assert len(proc.stderr.splitlines()) == 1
+    assert "val loss" not in proc.stdout and "step " not in proc.stdout  # nothing ran
+
+
+def test_hellaswag_in_training_loop(hellaswag_bin, d12_dir, tmp_path):
+    """-h 1: evaluated at every -v step except step 0 and at the last step, printed and logged as llm.c."""
+    run_dir = tmp_path / "run"
+    proc = train_with_hellaswag(hellaswag_bin, d12_dir, tmp_path, "-t", 64, "-x", 2, "-v", 1)
     assert proc.returncode == 0, proc.stderr
+    # progress is a bar on stderr; stdout keeps the result lines only
+    assert "evaluating HellaSwag" in proc.stderr and "evaluating HellaSwag" not in proc.stdout
     n = len(HELLASWAG_EXAMPLES)
     results = re.findall(rf"^HellaSwag: (\d+)/{n} = (\d\.\d{{6}})$", proc.stdout, re.M)
     assert len(results) == 2  # steps 1 and 2, never step 0
