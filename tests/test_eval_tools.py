@@ -775,8 +775,8 @@ def as_array(entry):
     return np.frombuffer(raw, dtype={"F32": "<f4", "BF16": ml_dtypes.bfloat16}[dtype]).reshape(shape)
 
 
-def check_export(tensors, config, params):
-    """Every exported tensor against the flat llm.c params (already in the exported dtype)."""
+def expected_export(config, params):
+    """{Hugging Face name: array} from the flat llm.c params (already in the exported dtype)."""
     L, V = config.num_layers, config.vocab_size
     p = {n: params[o:o + k].reshape(s) for n, o, k, s in
          zip(PARAM_NAMES, config.param_offsets(), config.param_sizes(), config.param_shapes())}
@@ -790,6 +790,11 @@ def check_export(tensors, config, params):
         for name, hf_name in hf.items():
             t = p[name][i]
             expected[f"transformer.h.{i}.{hf_name}"] = t.T if t.ndim == 2 else t  # Conv1D: (in, out)
+    return expected
+
+
+def check_export(tensors, expected):
+    """Every tensor read from the exported file against the expected arrays."""
     assert set(tensors) == set(expected)  # tied LM head: no lm_head.weight, as save_pretrained writes it
     for name, t in expected.items():
         got = as_array(tensors[name])
@@ -809,7 +814,16 @@ def test_export_hf_tensors(tmp_path, version, dtype, st_dtype):
     assert metadata == {"format": "pt"}
     assert {t[0] for t in tensors.values()} == {st_dtype}
     stored = params if version == 3 else params.astype(ml_dtypes.bfloat16)  # what the .bin holds
-    check_export(tensors, config, stored.astype(np.float32 if st_dtype == "F32" else ml_dtypes.bfloat16))
+    expected = expected_export(config, stored.astype(np.float32 if st_dtype == "F32" else ml_dtypes.bfloat16))
+    check_export(tensors, expected)
+    # byte for byte what the safetensors package writes for these tensors, and read back by it
+    from safetensors.numpy import load_file, save
+    contiguous = {name: np.ascontiguousarray(t) for name, t in expected.items()}
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == save(contiguous, metadata={"format": "pt"})
+    if st_dtype == "F32":  # the package's numpy loader has no bfloat16
+        loaded = load_file(tmp_path / "hf" / "model.safetensors")
+        assert set(loaded) == set(expected)
+        assert all(np.array_equal(loaded[name], t) for name, t in expected.items())
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert {k: cfg[k] for k in ("model_type", "vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
                                 "activation_function", "tie_word_embeddings", "torch_dtype")} == {
