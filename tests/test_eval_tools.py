@@ -710,6 +710,31 @@ def test_vislog_png(tmp_path):
     assert proc.stderr == f"error: {bad}:2: expected 's:<step> <stream>:<value> ...', found 'garbage'\n"
 
 
+def test_vislog_empty_panel_says_so(tmp_path):
+    """A panel with nothing to draw carries a message in the picture instead of an empty axis."""
+    pytest.importorskip("matplotlib")
+    vislog = load_module("vislog_under_test", "dev/vislog.py")
+
+    def panel_texts(parsed, size):
+        fig = vislog.draw(parsed, [f"run{i}" for i in range(len(parsed))], size)
+        try:
+            return [[t.get_text() for t in ax.texts] for ax in fig.axes]
+        finally:
+            vislog.pyplot().close(fig)
+
+    losses = {"trl": {0: 5.0, 1: 4.0}, "tel": {0: 5.1}}
+    assert panel_texts([losses], "124M") == [[], ["no HellaSwag evaluations in this log"]]
+    assert panel_texts([losses, {"trl": {0: 3.0}}], "none") == [[], ["no HellaSwag evaluations in these logs"]]
+    assert panel_texts([{"eval": {10: 0.25}}], "none") == [["no train or val loss in this log"], []]
+    assert panel_texts([losses, {"eval": {10: 0.25}}], "124M") == [[], []]
+    log = tmp_path / "run" / "main.log"
+    log.parent.mkdir()
+    log.write_text("s:0 tel:5.1000\ns:0 trl:5.0000 lr:0.000600 norm:1.00\n")
+    proc = run_script("dev/vislog.py", log, "-o", tmp_path / "plot.png")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ----------------------------------------------------------------------------
 # profile_gpt2cu.py (spec 14)
 
