@@ -187,6 +187,8 @@ def check_options(o):
     if o["genT"] < 1 and o["sample_every"] > 0:
         raise LlmcError(f"-g {o['genT']}: the sample length must be at least 1")
     Sampler(o["temperature"], o["top_k"])  # --top-k and --temperature checked before the model loads
+    if o["sample_every"] > 0:  # a sample that cannot fit even with no prompt (EOT alone) fails before anything loads
+        check_fits(1, o["genT"] - 1, o["T"], "the sequence length -t", "--prompt", f"-g {o['genT']}")
 
 
 def print_table(rows):
@@ -238,6 +240,18 @@ def prune_checkpoint(output_dir, step, rank, keep, every, major_every):
         for path in ((model_path, done_path, state_path) if rank == 0 else (state_path,)):
             if os.path.exists(path):
                 os.remove(path)
+
+
+def open_data(o, train_pattern, B, T, rank, num_processes):
+    """The train, val and HellaSwag loaders (the last with -h 1 when its eval file exists, else None), opened
+    before the model is built: each checks its files against B, T and the process count now (every shard
+    holds a batch, every HellaSwag example fits T), so a run that cannot finish stops at start-up."""
+    train_loader = DataLoader(train_pattern, B, T, rank, num_processes, should_shuffle=not o["overfit_single_batch"])
+    val_loader = DataLoader(o["val_data_pattern"], B, T, rank, num_processes, should_shuffle=False)
+    eval_loader = None
+    if o["hellaswag_eval"] and os.path.exists(HELLASWAG_PATH):
+        eval_loader = EvalLoader(HELLASWAG_PATH, B, T, rank, num_processes)
+    return train_loader, val_loader, eval_loader
 
 
 def evaluate_val_loss(model, val_loader, num_batches, comm):
@@ -333,6 +347,7 @@ def train(o, info, comm, device=None):
             check_resume_world(output_dir, resume_step, rank, num_processes)
     if output_dir and rank == 0:
         os.makedirs(output_dir, mode=0o700, exist_ok=True)
+    train_loader, val_loader, eval_loader = open_data(o, train_pattern, B, T, rank, num_processes)
     model_kwargs = dict(recompute=o["recompute"], gelu_fusion=gelu_fusion,
                         use_master_weights=bool(o["use_master_weights"]),
                         rng_seed=13371337 + rank, comm=comm, device=o["device"], precision=o["precision"],
@@ -352,8 +367,6 @@ def train(o, info, comm, device=None):
                  ("padded_vocab_size Vp", c.padded_vocab_size), ("num_layers L", c.num_layers),
                  ("num_heads NH", c.num_heads), ("channels C", c.channels), ("num_parameters", c.num_parameters)])
 
-    train_loader = DataLoader(train_pattern, B, T, rank, num_processes, should_shuffle=not o["overfit_single_batch"])
-    val_loader = DataLoader(o["val_data_pattern"], B, T, rank, num_processes, should_shuffle=False)
     train_num_batches = o["max_steps"] if o["max_steps"] != -1 else train_loader.num_tokens // total_batch_size
     val_num_batches = o["val_max_steps"] if o["val_max_steps"] != -1 else val_loader.num_tokens // tokens_per_fwdbwd
     if train_num_batches <= 0:
@@ -369,9 +382,8 @@ def train(o, info, comm, device=None):
     print(f"batch size: {B * T} tokens per micro step, {grad_accum_steps} accumulation steps, "
           f"{total_batch_size} tokens per step")
     # HellaSwag only when asked for and its eval file has been prepared (dev/data/hellaswag.py)
-    run_hellaswag = bool(o["hellaswag_eval"]) and os.path.exists(HELLASWAG_PATH)
-    eval_loader = EvalLoader(HELLASWAG_PATH, B, T, rank, num_processes) if run_hellaswag else None
-    print_table([("run hellaswag", "yes" if run_hellaswag else "no")])
+    print_table([("run hellaswag", "yes" if eval_loader is not None else
+                  f"no ({HELLASWAG_PATH} missing)" if o["hellaswag_eval"] else "no")])
 
     logger = Logger(output_dir, rank, resume=bool(o["resume"]))
     tokenizer = Tokenizer.load_optional(TOKENIZER_PATH)
@@ -400,7 +412,7 @@ def train(o, info, comm, device=None):
             print(f"val loss {val_loss:f}")
             logger.log_val(step, val_loss)
         if eval_loader is not None and ((step > 0 and step % o["val_loss_every"] == 0) or last):
-            correct, num_examples = evaluate_hellaswag(model, eval_loader, print_progress=True)
+            correct, num_examples = evaluate_hellaswag(model, eval_loader, print_progress=rank == 0)
             correct = comm.all_reduce_sum(float(correct))
             accuracy = float(np.float32(correct) / np.float32(num_examples))
             print(f"HellaSwag: {int(correct)}/{num_examples} = {accuracy:f}")

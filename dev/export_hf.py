@@ -10,14 +10,12 @@ The non-obvious decisions: llm.c keeps every linear weight in nn.Linear layout (
 Face's GPT-2 keeps its Conv1D layout (in, out), so c_attn, attn.c_proj, c_fc and mlp.c_proj weights are
 transposed; wte loses llm.c's padding rows (Vp -> V); and the LM head is tied to wte, so, as
 `save_pretrained` does, only transformer.wte.weight is written and config.json says tie_word_embeddings.
-The safetensors file is written here (no package needed): an 8-byte little-endian header length, a JSON
-header {name: {dtype, shape, data_offsets}} padded with spaces to a multiple of 8, then the raw tensors
-back to back. By default tensors keep the file's dtype (v3 -> F32, v5 -> BF16, bits unchanged).
+model.safetensors is written by the safetensors package's numpy API (ml_dtypes' bfloat16 arrays become BF16).
+By default tensors keep the file's dtype (v3 -> F32, v5 -> BF16, bits unchanged).
 """
 import argparse
 import json
 import os
-import struct
 import sys
 
 import ml_dtypes
@@ -28,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from llmc_py import LlmcError, run_main  # noqa: E402
 from llmc_py.checkpoint import MODEL_VERSION_BF16, read_model  # noqa: E402
 from llmc_py.config import PARAM_NAMES  # noqa: E402
-from llmc_py.fileio import atomic_write  # noqa: E402
+from llmc_py.fileio import atomic_path, atomic_write  # noqa: E402
 
 SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16): "BF16"}
 OUT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
@@ -44,7 +42,8 @@ LAYER_TENSORS = {
 
 
 def hf_tensors(config, params):
-    """[(Hugging Face name, array)] in GPT2LMHeadModel's state-dict order, from the flat llm.c params."""
+    """[(Hugging Face name, array)] in GPT2LMHeadModel's state-dict order, from the flat llm.c params
+    (views; the transposed ones are not contiguous)."""
     views = {name: params[o:o + n].reshape(s) for name, o, n, s in
              zip(PARAM_NAMES, config.param_offsets(), config.param_sizes(), config.param_shapes())}
     out = [("transformer.wte.weight", views["wte"][:config.vocab_size]),
@@ -58,24 +57,15 @@ def hf_tensors(config, params):
 
 
 def write_safetensors(path, tensors, metadata=None):
-    """Writes [(name, array)] as a safetensors file; arrays are made C-contiguous and little-endian."""
-    header, offset = {}, 0
-    for name, a in tensors:
-        if a.dtype not in SAFETENSORS_DTYPES:
-            raise LlmcError(f"{path}: {name}: dtype {a.dtype} has no safetensors name here")
-        nbytes = a.size * a.dtype.itemsize
-        header[name] = {"dtype": SAFETENSORS_DTYPES[a.dtype], "shape": list(a.shape),
-                        "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    if metadata:
-        header["__metadata__"] = metadata
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # the tensors start 8-byte aligned
-    with atomic_write(path) as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for _, a in tensors:
-            f.write(np.ascontiguousarray(a).tobytes())
+    """Writes [(name, array)] as a safetensors file through the safetensors package; the library reads
+    each array's memory as it stands, so every array is made C-contiguous first."""
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:
+        raise LlmcError("dev/export_hf.py needs the safetensors package (pip install safetensors)") from None
+    arrays = {name: np.ascontiguousarray(a) for name, a in tensors}
+    with atomic_path(path) as tmp:
+        save_file(arrays, tmp, metadata=metadata)
 
 
 def hf_config(config, dtype):

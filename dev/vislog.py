@@ -56,18 +56,21 @@ def series(stream):
     return steps, [stream[s] for s in steps]
 
 
-def plot(logs, out_path, size="124M", labels=None):
-    """Draws the loss and HellaSwag panels for each log in `logs` and writes a PNG to out_path."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (it draws to files, no display needed)."""
     try:
         import matplotlib
     except ImportError:
         raise LlmcError("dev/vislog.py needs matplotlib (pip install matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    parsed = [parse_log(path) for path in logs]
-    labels = labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) or p for p in logs]
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(16, 6))
+
+def draw(parsed, labels, size="124M"):
+    """The figure: a loss panel and a HellaSwag panel over the parsed logs; a panel with nothing to draw
+    says so in its middle rather than showing an empty axis."""
+    fig, (ax_loss, ax_eval) = pyplot().subplots(1, 2, figsize=(16, 6))
     for streams, label in zip(parsed, labels):
         if "trl" in streams:
             ax_loss.plot(*series(streams["trl"]), linewidth=0.8, label=f"{label} train loss")
@@ -85,17 +88,30 @@ def plot(logs, out_path, size="124M", labels=None):
     if losses and min(losses) > 0:
         ax_loss.set_yscale("log")  # as llm.c's notebook: the late curve stays readable
     ax_eval.set(xlabel="steps", ylabel="accuracy", title="HellaSwag eval")
-    for ax in (ax_loss, ax_eval):
+    where = "this log" if len(parsed) == 1 else "these logs"
+    for ax, keys, what in ((ax_loss, ("trl", "tel"), "train or val loss"),
+                           (ax_eval, ("eval",), "HellaSwag evaluations")):
+        if not any(k in streams for streams in parsed for k in keys):
+            ax.text(0.5, 0.5, f"no {what} in {where}", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=16, color="0.35")
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def plot(logs, out_path, size="124M", labels=None):
+    """Draws the loss and HellaSwag panels for each log in `logs` and writes a PNG to out_path."""
+    parsed = [parse_log(path) for path in logs]
+    labels = labels or [os.path.basename(os.path.dirname(os.path.abspath(p))) or p for p in logs]
+    fig = draw(parsed, labels, size)
     try:
         fig.savefig(out_path, format="png", dpi=100)
     except OSError as e:
         raise LlmcError(f"{out_path}: cannot write the plot: {e.strerror}") from None
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
     for streams, label in zip(parsed, labels):
         summary = [f"{label}:"]
         if "trl" in streams:

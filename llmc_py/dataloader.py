@@ -224,6 +224,9 @@ class DataLoader:
 # targets[t] = inputs[t+1] only where mask is 1 (the ending tokens, predicted from the position before
 # each); everything else in inputs/targets is left as the previous batch wrote it, as in llm.c: the
 # model is causal, so what follows an ending never changes its losses, and scoring reads masked positions only.
+# Every record is checked when the loader opens, and T against all of them, so a file that does not fit the
+# run stops it at start-up (naming the first example that does not fit and the smallest T that does), not
+# at the first eval hours later.
 
 EVAL_MAGIC, EVAL_VERSION = 20240522, 1
 EVAL_DELIMITER = 65535
@@ -252,15 +255,15 @@ class EvalLoader:
         if self.num_examples < self.num_processes:
             raise LlmcError(f"{self.path}: expected at least one example per process ({self.num_processes}), "
                             f"found {self.num_examples} examples")
-        # llm.c's sanity bound: a context and 4 endings of at most T u16 tokens each
-        if not 0 < longest < (1 + NUM_COMPLETIONS) * self.T * 2:
-            raise LlmcError(f"{self.path}: longest example is {longest} bytes, expected 1..."
-                            f"{(1 + NUM_COMPLETIONS) * self.T * 2 - 1} for T={self.T}: use a longer -t")
+        if longest <= 0:
+            raise LlmcError(f"{self.path}: expected the longest example's size in bytes (> 0) in the header, "
+                            f"found {longest}")
         if (size - HEADER_BYTES) % 2 != 0:
             raise LlmcError(f"{self.path}: expected a whole number of u16 values after the header, "
                             f"found {size - HEADER_BYTES} bytes")
         self._data = np.fromfile(self.path, dtype="<u2", offset=HEADER_BYTES).astype(np.int64)
         self._offsets = self._walk(longest)
+        self._check_records(longest)
         self.can_fit = self.B // NUM_COMPLETIONS
         self.examples_per_process = -(-self.num_examples // self.num_processes)
         self.num_batches = -(-self.examples_per_process // self.can_fit)
@@ -296,13 +299,8 @@ class EvalLoader:
                             f"bytes, found {HEADER_BYTES + 2 * len(data)}")
         return offsets
 
-    def reset(self):
-        """Back to this rank's first example."""
-        self.current_example_index = self.start_example_index
-
-    def _load_example(self, slot):
-        """Writes example current_example_index into rows 4*slot .. 4*slot+3."""
-        i = self.current_example_index
+    def _record(self, i):
+        """Example i's (label, context tokens, [4 x ending tokens]), its fields checked."""
         pos = int(self._offsets[i])
         nwords = int(self._data[pos + 1]) // 2
         rec = self._data[pos + 3:pos + nwords]  # label, num_completions, ctx_len, ctx..., 4 x (len, tokens...)
@@ -314,28 +312,62 @@ class EvalLoader:
             raise LlmcError(f"{where}: expected a label in 0..{NUM_COMPLETIONS - 1}, found {label}")
         if num_completions != NUM_COMPLETIONS:
             raise LlmcError(f"{where}: expected {NUM_COMPLETIONS} endings, found {num_completions}")
-        if not 0 < ctx_len < self.T:
-            raise LlmcError(f"{where}: context of {ctx_len} tokens does not fit T={self.T}")
-        row0 = slot * NUM_COMPLETIONS
+        if ctx_len <= 0:
+            raise LlmcError(f"{where}: expected a context of at least 1 token, found {ctx_len}")
         ctx = rec[3:3 + ctx_len]
         p = 3 + ctx_len
+        endings = []
         for c in range(NUM_COMPLETIONS):
             if p >= len(rec):
                 raise LlmcError(f"{where}: record ends inside ending {c}")
             n = int(rec[p])
             ending = rec[p + 1:p + 1 + n]
-            if n <= 0 or len(ending) != n or ctx_len + n >= self.T:
-                raise LlmcError(f"{where}: ending {c} of {n} tokens after a {ctx_len}-token context "
-                                f"does not fit T={self.T}")
-            row = row0 + c
+            if n <= 0:
+                raise LlmcError(f"{where}: ending {c} is empty")
+            if len(ending) != n:
+                raise LlmcError(f"{where}: the record ends after {len(ending)} of ending {c}'s {n} tokens")
+            endings.append(ending)
+            p += 1 + n
+        if p != len(rec):
+            raise LlmcError(f"{where}: {len(rec) - p} u16 values left over after the 4 endings")
+        return label, ctx, endings
+
+    def _check_records(self, longest):
+        """Every record's fields, and every example against T: its context plus its longest ending must be
+        shorter than T (the last position has no target), and llm.c's bound on the header's longest example
+        (under 5*T u16 values) must hold. The error names the first example that does not fit and the
+        smallest T that fits them all."""
+        bytes_per_T = (1 + NUM_COMPLETIONS) * 2
+        need = [len(ctx) + max(len(e) for e in endings) + 1
+                for ctx, endings in (self._record(i)[1:] for i in range(self.num_examples))]
+        min_T = max(max(need), longest // bytes_per_T + 1)
+        if self.T >= min_T:
+            return
+        fix = f"every example fits with -t {min_T} or more"
+        first = next((i for i, n in enumerate(need) if n > self.T), None)
+        if first is None:
+            raise LlmcError(f"{self.path}: the longest example is {longest} bytes, expected less than "
+                            f"{bytes_per_T * self.T} for T={self.T}: {fix}")
+        _, ctx, endings = self._record(first)
+        c = max(range(NUM_COMPLETIONS), key=lambda k: len(endings[k]))
+        raise LlmcError(f"{self.path}: example {first} does not fit T={self.T}: its {len(ctx)}-token context "
+                        f"and {len(endings[c])}-token ending {c} need T >= {need[first]}; {fix}")
+
+    def reset(self):
+        """Back to this rank's first example."""
+        self.current_example_index = self.start_example_index
+
+    def _load_example(self, slot):
+        """Writes example current_example_index into rows 4*slot .. 4*slot+3 (checked to fit at open)."""
+        label, ctx, endings = self._record(self.current_example_index)
+        ctx_len = len(ctx)
+        for c, ending in enumerate(endings):
+            row, n = slot * NUM_COMPLETIONS + c, len(ending)
             self.inputs[row, :ctx_len] = ctx
             self.inputs[row, ctx_len:ctx_len + n] = ending
             # the last context token predicts the first ending token, and so on
             self.targets[row, ctx_len - 1:ctx_len - 1 + n] = ending
             self.mask[row, ctx_len - 1:ctx_len - 1 + n] = 1
-            p += 1 + n
-        if p != len(rec):
-            raise LlmcError(f"{where}: {len(rec) - p} u16 values left over after the 4 endings")
         self.label[slot] = label
         self.current_example_index += 1
 

@@ -6,7 +6,6 @@ half-written file behind: they write to a temporary file in the same directory a
 """
 import contextlib
 import os
-import tempfile
 
 import numpy as np
 
@@ -50,18 +49,26 @@ def check_size(path, size, expected, what):
 
 
 @contextlib.contextmanager
-def atomic_write(path):
-    """Yields a binary file object; on success the file appears at `path` whole, on failure not at all."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
+def atomic_path(path):
+    """Yields a temporary file name beside `path` (hidden, this process's own) for a writer that wants a
+    name (a library's save_file); on success that file appears at `path` whole, on failure not at all. The
+    writer creates the file inside the guarded block, so even a Ctrl-C the moment it appears leaves nothing."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".tmp_{name}.{os.getpid()}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yields a binary file object; on success the file appears at `path` whole, on failure not at all."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())

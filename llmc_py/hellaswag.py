@@ -7,10 +7,9 @@ so ties resolve to the lower index exactly as in llm.c. Scoring reads only the p
 left behind (GPT2.validate fills acts["losses"] with -log p of each target), so it works the same for
 every device and precision.
 """
-import sys
-
 import numpy as np
 
+from llmc_py import progress_bar
 from llmc_py.dataloader import NUM_COMPLETIONS
 
 
@@ -45,20 +44,21 @@ def evaluate(model, loader, print_progress=False):
     """Runs every batch of this rank's share through model.validate and scores it.
 
     Returns (correct on this rank, total examples in the file); the caller sums `correct` over ranks
-    and divides by the total. With print_progress, prints llm.c's `evaluating HellaSwag: i/N` line
-    (carriage return, no newline) every 10 batches.
+    and divides by the total. With print_progress, a progress bar over the batches on stderr, cleared when
+    done (stdout keeps only the result line the caller prints).
     """
     B, T = loader.B, loader.T
     loader.reset()
     correct = 0
-    for i in range(loader.num_batches):
-        if print_progress and i % 10 == 0:
-            print(f"evaluating HellaSwag: {i}/{loader.num_batches}", end="\r", file=sys.stdout, flush=True)
-        inputs, targets = loader.next_batch()
-        model.validate(inputs, targets)
-        losses = model.acts["losses"][:B * T]
-        if not isinstance(losses, np.ndarray):
-            losses = losses.get()  # a device array (CuPy): score on the host, as llm.c does
-        losses = losses.reshape(B, T)
-        correct += score_batch(losses, loader.mask, loader.label, loader.num_examples_in_batch)
+    with progress_bar(total=loader.num_batches, desc="evaluating HellaSwag", unit="batch", leave=False,
+                      disable=not print_progress) as bar:
+        for _ in range(loader.num_batches):
+            inputs, targets = loader.next_batch()
+            model.validate(inputs, targets)
+            losses = model.acts["losses"][:B * T]
+            if not isinstance(losses, np.ndarray):
+                losses = losses.get()  # a device array (CuPy): score on the host, as llm.c does
+            losses = losses.reshape(B, T)
+            correct += score_batch(losses, loader.mask, loader.label, loader.num_examples_in_batch)
+            bar.update()
     return correct, loader.num_examples

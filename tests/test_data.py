@@ -1,4 +1,5 @@
-"""Token shards (llm.c format), download_file, and dev/data/tinyshakespeare.py end to end."""
+"""Token shards (llm.c format), all-or-nothing output, download_file, read_jsonl, and dev/data/tinyshakespeare.py
+end to end."""
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_common import download_file, write_datafile
+from data_common import OutputFiles, download_file, read_jsonl, write_datafile
 from llmc_py import LlmcError
 from llmc_py.dataloader import read_shard
 from llmc_py.tokenizer import get_gpt2_encoding
@@ -119,6 +120,54 @@ def test_missing_shard(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# OutputFiles: a run's files appear together, or not at all
+
+def test_output_files_appear_together(tmp_path):
+    out_dir = tmp_path / "a" / "b"
+    with OutputFiles(out_dir) as out:
+        write_datafile(out_dir / "one.bin", [1, 2, 3], outputs=out)
+        write_datafile(out_dir / "two.bin", [4], outputs=out)
+        # while the run goes on only hidden, staged names exist
+        assert sorted(p.name for p in out_dir.iterdir()) == [".one.bin.partial", ".two.bin.partial"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["one.bin", "two.bin"]
+    assert read_shard(out_dir / "one.bin").tolist() == [1, 2, 3] and read_shard(out_dir / "two.bin").tolist() == [4]
+
+
+@pytest.mark.parametrize("failure", [LlmcError("bad input"), KeyboardInterrupt()])
+def test_output_files_failure_leaves_nothing(tmp_path, failure):
+    out_dir = tmp_path / "made" / "by" / "run"
+    with pytest.raises(type(failure)):
+        with OutputFiles(out_dir) as out:
+            write_datafile(out_dir / "one.bin", [1, 2, 3], outputs=out)
+            raise failure
+    assert list(tmp_path.iterdir()) == []  # the staged file and the three folders the run made are gone
+    # a folder that existed keeps what it held, and only this run's files go
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "old.bin").write_bytes(b"old")
+    with pytest.raises(type(failure)):
+        with OutputFiles(kept) as out:
+            write_datafile(kept / "one.bin", [1], outputs=out)
+            raise failure
+    assert [p.name for p in kept.iterdir()] == ["old.bin"]
+
+
+# ----------------------------------------------------------------------------
+# read_jsonl: a bad line is named with its line and column
+
+def test_read_jsonl_error_keeps_line_and_column(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "fine"}\n\n{"text": "trailing comma",}\n')
+    docs = read_jsonl(path, "text")
+    assert next(docs) == (1, {"text": "fine"})
+    with pytest.raises(LlmcError) as e:
+        next(docs)
+    # column 27 is the "}" after the comma
+    assert str(e.value) == (f"{path}:3: not a JSON object: Expecting property name enclosed in double quotes "
+                            f"at column 27")
+
+
+# ----------------------------------------------------------------------------
 # download_file (file:// URLs go through the same urllib path as https://)
 
 def test_download_file(tmp_path, capsys):
@@ -127,7 +176,9 @@ def test_download_file(tmp_path, capsys):
     dst = tmp_path / "dst.txt"
     download_file(src.as_uri(), str(dst), chunk_size=1024)
     assert dst.read_bytes() == b"x" * 3000
-    assert capsys.readouterr().err.endswith(f"\r{dst}: 3,000 of 3,000 bytes\n")
+    # a tqdm bar named after the file, in bytes, ended with a newline when the download is whole
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert last.startswith("dst.txt: 100%|") and "2.93k/2.93k" in last and last.endswith("\n")
 
 
 def test_download_file_missing(tmp_path):

@@ -6,16 +6,19 @@ Expected values are built independently in each test: file bytes with struct, ba
 own tokens, losses with a float64 log-softmax of the model's logits, safetensors read by a reader here.
 No network: every script runs on small inputs the test writes, through the same code path a download takes.
 """
+import contextlib
 import importlib.util
 import json
 import math
 import os
 import random
 import re
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import ml_dtypes
@@ -35,11 +38,29 @@ EOT = 50256
 
 
 def run_script(path, *args, env_tiktoken=None, timeout=120):
+    """Runs a script; stdout and stderr come back as text exactly as written (a bar's \r stays a \r)."""
     env = dict(os.environ)
     if env_tiktoken is not None:
         env["LLMC_GPT2_TIKTOKEN"] = str(env_tiktoken)
-    return subprocess.run([sys.executable, str(REPO_ROOT / path), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / path), *map(str, args)], capture_output=True,
+                          timeout=timeout, env=env, cwd=REPO_ROOT)
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
+
+
+def last_bar(stderr):
+    """The last state a progress bar drew on stderr."""
+    return [part for part in re.split(r"[\r\n]", stderr) if part.strip()][-1]
+
+
+def error_line(stderr):
+    """The `error:` line, checked to start a line of its own (after a newline, not after a progress bar's
+    carriage return or text) and to be the last thing written."""
+    at = stderr.index("error: ")
+    assert at == 0 or stderr[at - 1] == "\n", f"the error shares a line: {stderr[max(0, at - 80):at + 40]!r}"
+    line = stderr[at:]
+    assert line.endswith("\n") and "\n" not in line[:-1] and "\r" not in line
+    return line[:-1]
 
 
 def load_module(name, path):
@@ -136,6 +157,7 @@ def test_hellaswag_file_byte_for_byte(hellaswag_bin):
     assert path.read_bytes() == expected
     longest = struct.unpack_from("<i", expected, 12)[0]
     assert proc.stdout == f"writing 5 examples to {path} ({len(expected):,} bytes, longest example {longest} bytes)\n"
+    assert last_bar(proc.stderr).startswith("tokenizing: 100%|") and "5/5" in last_bar(proc.stderr)
     # the context is encoded alone (no EOT), each ending with its leading space
     assert enc.decode(rendered(enc)[0][1]) == "A man is sitting on a roof. he"
     assert enc.decode(rendered(enc)[0][2][3]) == " starts pulling up roofing on a roof."
@@ -227,16 +249,6 @@ def test_eval_loader_errors(hellaswag_bin, tmp_path):
         EvalLoader(path, 3, 64)
     with pytest.raises(LlmcError, match=r"expected at least one example per process \(6\), found 5 examples$"):
         EvalLoader(path, 8, 64, 0, 6)
-    longest = struct.unpack_from("<i", path.read_bytes(), 12)[0]
-    T = longest // 10  # longest must be < 5*T*2 bytes
-    with pytest.raises(LlmcError, match=rf"longest example is {longest} bytes, expected 1...{10 * T - 1} for T={T}"):
-        EvalLoader(path, 8, T)
-    # a T that passes the header's bound can still be too short for an example: its batch says so
-    T = longest // 10 + 1
-    loader = EvalLoader(path, 8, T)
-    with pytest.raises(LlmcError, match=rf"example \d+: .*does not fit T={T}$"):
-        for _ in range(loader.num_batches):
-            loader.next_batch()
     raw = bytearray(path.read_bytes())
     bad = tmp_path / "bad.bin"
     bad.write_bytes(raw[:-2])
@@ -246,6 +258,60 @@ def test_eval_loader_errors(hellaswag_bin, tmp_path):
     bad.write_bytes(raw)
     with pytest.raises(LlmcError, match=r"bad magic: expected 20240522 \(HellaSwag eval file\), found 20240520$"):
         EvalLoader(bad, 8, 64)
+
+
+def fit_needs(examples):
+    """Per example, the smallest T it fits: context + its longest ending + 1 (the last input has no target)."""
+    return [len(ctx) + max(len(e) for e in endings) + 1 for _, ctx, endings in examples]
+
+
+def test_eval_loader_checks_every_example_against_T(hellaswag_bin):
+    """T is checked against every example when the loader opens, not at the batch that holds the example."""
+    path, _ = hellaswag_bin
+    examples = rendered(get_gpt2_encoding())
+    need = fit_needs(examples)
+    longest = struct.unpack_from("<i", path.read_bytes(), 12)[0]
+    min_T = max(max(need), longest // 10 + 1)  # llm.c's bound: the longest example under 5*T u16 values
+    assert max(need) > longest // 10 + 1 and need.index(max(need)) > 0  # the first examples fit a shorter T
+    loader = EvalLoader(path, 8, min_T)  # the smallest T fits every example, through every batch
+    for _ in range(loader.num_batches):
+        loader.next_batch()
+    for T in (min_T - 1, need[0] - 1, 8):
+        first = next(i for i, n in enumerate(need) if n > T)
+        _, ctx, endings = examples[first]
+        c = max(range(4), key=lambda k: len(endings[k]))
+        with pytest.raises(LlmcError) as e:
+            EvalLoader(path, 8, T)
+        assert str(e.value) == (f"{path}: example {first} does not fit T={T}: its {len(ctx)}-token context and "
+                                f"{len(endings[c])}-token ending {c} need T >= {need[first]}; every example fits "
+                                f"with -t {min_T} or more")
+
+
+def test_eval_loader_header_bound(tmp_path):
+    """An example can fit T while the file breaks llm.c's bound on the longest example: the bound names the fix."""
+    path = tmp_path / "tiny.bin"
+    path.write_bytes(expected_evalfile([(1, [5], [[1], [2], [3], [4]])]))  # 15 u16 values: 30 bytes
+    EvalLoader(path, 4, 4)
+    with pytest.raises(LlmcError) as e:
+        EvalLoader(path, 4, 3)  # needs T >= 3 to fit, but 30 bytes is not under 5*3*2
+    assert str(e.value) == f"{path}: the longest example is 30 bytes, expected less than 30 for T=3: every example " \
+                           f"fits with -t 4 or more"
+
+
+def test_eval_loader_checks_records_at_open(hellaswag_bin, tmp_path):
+    """A bad field in the last example stops the loader at open, before any batch."""
+    path, _ = hellaswag_bin
+    raw = bytearray(path.read_bytes())
+    label, ctx, endings = rendered(get_gpt2_encoding())[-1]
+    # the last record: delimiter, size, index, label, 4, context length, context, 4 x (length, ending)
+    label_at = len(raw) - 2 * (6 + len(ctx) + sum(1 + len(e) for e in endings)) + 2 * 3
+    assert struct.unpack_from("<H", raw, label_at)[0] == label
+    struct.pack_into("<H", raw, label_at, 4)
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(raw)
+    with pytest.raises(LlmcError) as e:
+        EvalLoader(bad, 8, 64)
+    assert str(e.value) == f"{bad}: example 4: expected a label in 0..3, found 4"
 
 
 # ----------------------------------------------------------------------------
@@ -366,7 +432,7 @@ def test_tinystories_local_shards(gpt2_tiktoken, tmp_path):
     assert val[0] == EOT and train[0] == EOT
     assert "number of shards: 3" in proc.stdout
     assert f"writing {len(exp_val):,} tokens to {out / 'TinyStories_val.bin'}" in proc.stdout
-    assert "tokenizing train: shards [" in proc.stderr and "2/2" in proc.stderr
+    assert "tokenizing train: 100%|" in proc.stderr and "| 2/2 [" in proc.stderr
     # the same shards packed as the download's .tar.gz go through the unpack path to the same files
     archive = tmp_path / "TinyStories_all_data.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -377,6 +443,10 @@ def test_tinystories_local_shards(gpt2_tiktoken, tmp_path):
                       env_tiktoken=gpt2_tiktoken)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "TinyStories_all_data" / "data01.json").is_file()
+    assert not (tmp_path / "TinyStories_all_data.partial").exists()
+    # unpacking shows a bar over the archive's bytes, which ends full
+    unpacked = [part for part in re.split(r"[\r\n]", proc.stderr) if part.startswith("unpacking ")]
+    assert unpacked[-1].startswith("unpacking TinyStories_all_data.tar.gz: 100%|")
     for name in ("TinyStories_val.bin", "TinyStories_train.bin"):
         assert (out2 / name).read_bytes() == (out / name).read_bytes()
 
@@ -392,7 +462,34 @@ def test_tinystories_errors(gpt2_tiktoken, tmp_path):
     proc = run_script("dev/data/tinystories.py", "--input", tmp_path / "bad", "--out-dir", tmp_path / "o",
                       "--workers", 2, env_tiktoken=gpt2_tiktoken)
     assert proc.returncode == 1
-    assert proc.stderr.strip().endswith("data01.json: expected a JSON list of objects with a string field 'story'")
+    assert error_line(proc.stderr).endswith("data01.json: expected a JSON list of objects with a string field 'story'")
+
+
+def test_tinystories_failure_leaves_nothing(gpt2_tiktoken, tmp_path):
+    """A malformed train shard: the val file already tokenized is not left behind (nor the output folder), the
+    error keeps the JSON error's line and column, and the rerun after the fix writes a clean run's bytes."""
+    make_story_shards(tmp_path / "in")
+    clean = tmp_path / "clean"
+    proc = run_script("dev/data/tinystories.py", "--input", tmp_path / "in", "--out-dir", clean, "--workers", 1,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 0, proc.stderr
+    good = (tmp_path / "in" / "data02.json").read_text()
+    (tmp_path / "in" / "data02.json").write_text(good[:-1] + ",\n]")  # a trailing comma on line 2
+    out = tmp_path / "out"
+    proc = run_script("dev/data/tinystories.py", "--input", tmp_path / "in", "--out-dir", out, "--workers", 1,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 1
+    assert error_line(proc.stderr) == (f"error: {tmp_path / 'in' / 'data02.json'}: cannot read the JSON shard: "
+                                       f"Expecting value: line 2 column 1 (char {len(good) + 1})")
+    assert "writing" in proc.stdout and "TinyStories_val.bin" in proc.stdout  # val was written, then the run failed
+    assert not out.exists()
+    (tmp_path / "in" / "data02.json").write_text(good)
+    proc = run_script("dev/data/tinystories.py", "--input", tmp_path / "in", "--out-dir", out, "--workers", 1,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["TinyStories_train.bin", "TinyStories_val.bin"]
+    for name in ("TinyStories_val.bin", "TinyStories_train.bin"):
+        assert (out / name).read_bytes() == (clean / name).read_bytes()
 
 
 # ----------------------------------------------------------------------------
@@ -466,7 +563,9 @@ def test_fineweb_local_jsonl(gpt2_tiktoken, tmp_path):
     assert sum(s.count(EOT) for s in got) == len(texts)
     assert any(s[0] != EOT for s in got[1:]), "expected a document split across a shard boundary"
     assert f"wrote {len(expected)} shards to {out}" in proc.stdout
-    assert "shard 0: tokens [" in proc.stderr
+    # a bar per shard, in tokens, each full when its shard is written
+    bars = [part for part in re.split(r"[\r\n]", proc.stderr) if part.startswith("shard ")]
+    assert any(re.match(rf"shard 0: 100%\|.*\| {shard_size}\.0/{shard_size}\.0 \[", b) for b in bars)
 
 
 def test_fineweb_edu_names_and_errors(gpt2_tiktoken, tmp_path):
@@ -486,6 +585,93 @@ def test_fineweb_edu_names_and_errors(gpt2_tiktoken, tmp_path):
         proc = run_script("dev/data/fineweb.py", "--out-dir", tmp_path / "o3", env_tiktoken=gpt2_tiktoken)
         assert proc.returncode == 1
         assert proc.stderr.startswith("error: downloading FineWeb needs the Hugging Face `datasets` package")
+
+
+def write_docs(folder, texts, bad_line=None):
+    """texts as two jsonl files of {"text": ...} documents; bad_line (1-based, in the second file) is malformed."""
+    folder.mkdir(exist_ok=True)
+    half = len(texts) // 2
+    for name, part in (("part_000.jsonl", texts[:half]), ("part_001.jsonl", texts[half:])):
+        lines = [json.dumps({"text": t}) for t in part]
+        if name == "part_001.jsonl" and bad_line is not None:
+            lines[bad_line - 1] = lines[bad_line - 1][:-1] + ', "id": }'
+        (folder / name).write_text("\n".join(lines) + "\n")
+
+
+def test_fineweb_failure_leaves_nothing(gpt2_tiktoken, tmp_path):
+    """A malformed line after several shards were filled: no shard is left, the error starts its own line and
+    names the line and column, and the rerun after the fix writes what a clean run writes."""
+    texts = [f"Document {i}: " + " ".join(f"word{j}" for j in range(i % 17 + 3)) for i in range(40)]
+    write_docs(tmp_path / "clean_in", texts)
+    args = ["-s", 40, "--workers", 1]
+    proc = run_script("dev/data/fineweb.py", "--input", tmp_path / "clean_in", "--out-dir", tmp_path / "clean",
+                      *args, env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 0, proc.stderr
+    clean = {p.name: p.read_bytes() for p in (tmp_path / "clean").iterdir()}
+    assert len(clean) > 5
+    write_docs(tmp_path / "in", texts, bad_line=15)
+    bad = tmp_path / "in" / "part_001.jsonl"
+    column = len(bad.read_text().splitlines()[14])
+    out = tmp_path / "out"
+    proc = run_script("dev/data/fineweb.py", "--input", tmp_path / "in", "--out-dir", out, *args,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 1
+    assert proc.stdout.count("writing ") > 3  # shards were filled before the bad line was read
+    assert error_line(proc.stderr) == f"error: {bad}:15: not a JSON object: Expecting value at column {column}"
+    assert not out.exists()
+    write_docs(tmp_path / "in", texts)
+    proc = run_script("dev/data/fineweb.py", "--input", tmp_path / "in", "--out-dir", out, *args,
+                      env_tiktoken=gpt2_tiktoken)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == clean
+
+
+def test_fineweb_interrupted_leaves_nothing(gpt2_tiktoken, tmp_path):
+    """Ctrl-C (SIGINT) while shards are being written: no shard, staged file or output folder is left. The
+    documents come through a named pipe, so the run is reliably mid-way when the signal arrives."""
+    (tmp_path / "in").mkdir()
+    pipe = tmp_path / "in" / "docs.jsonl"
+    os.mkfifo(pipe)
+    out = tmp_path / "out"
+    env = dict(os.environ, LLMC_GPT2_TIKTOKEN=str(gpt2_tiktoken))
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "dev" / "data" / "fineweb.py"), "--input",
+                             str(tmp_path / "in"), "--out-dir", str(out), "-s", "50", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
+    deadline = time.monotonic() + 120
+    try:
+        fd = None
+        while fd is None:  # the script opens the pipe once it reads its documents
+            try:
+                fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "fineweb.py never opened its input"
+                time.sleep(0.05)
+        os.set_blocking(fd, True)
+        interrupted = False
+        with os.fdopen(fd, "w") as writer:
+            i = 0
+            # keep documents coming until the process is gone: the pool's feeder never sees the end of input
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    writer.write(json.dumps({"text": f"document {i}: " + "a few words " * 5}) + "\n")
+                    writer.flush()
+                except BrokenPipeError:
+                    break
+                i += 1
+                if not interrupted and out.is_dir() and any(out.iterdir()):  # a shard is being written
+                    proc.send_signal(signal.SIGINT)
+                    interrupted = True
+                time.sleep(0.005)
+            with contextlib.suppress(BrokenPipeError):
+                writer.close()
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert interrupted, "no shard was staged before the deadline"
+    assert proc.returncode != 0
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------
@@ -522,6 +708,31 @@ def test_vislog_png(tmp_path):
     proc = run_script("dev/vislog.py", bad, "-o", tmp_path / "x.png")
     assert proc.returncode == 1
     assert proc.stderr == f"error: {bad}:2: expected 's:<step> <stream>:<value> ...', found 'garbage'\n"
+
+
+def test_vislog_empty_panel_says_so(tmp_path):
+    """A panel with nothing to draw carries a message in the picture instead of an empty axis."""
+    pytest.importorskip("matplotlib")
+    vislog = load_module("vislog_under_test", "dev/vislog.py")
+
+    def panel_texts(parsed, size):
+        fig = vislog.draw(parsed, [f"run{i}" for i in range(len(parsed))], size)
+        try:
+            return [[t.get_text() for t in ax.texts] for ax in fig.axes]
+        finally:
+            vislog.pyplot().close(fig)
+
+    losses = {"trl": {0: 5.0, 1: 4.0}, "tel": {0: 5.1}}
+    assert panel_texts([losses], "124M") == [[], ["no HellaSwag evaluations in this log"]]
+    assert panel_texts([losses, {"trl": {0: 3.0}}], "none") == [[], ["no HellaSwag evaluations in these logs"]]
+    assert panel_texts([{"eval": {10: 0.25}}], "none") == [["no train or val loss in this log"], []]
+    assert panel_texts([losses, {"eval": {10: 0.25}}], "124M") == [[], []]
+    log = tmp_path / "run" / "main.log"
+    log.parent.mkdir()
+    log.write_text("s:0 tel:5.1000\ns:0 trl:5.0000 lr:0.000600 norm:1.00\n")
+    proc = run_script("dev/vislog.py", log, "-o", tmp_path / "plot.png")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------
@@ -589,8 +800,8 @@ def as_array(entry):
     return np.frombuffer(raw, dtype={"F32": "<f4", "BF16": ml_dtypes.bfloat16}[dtype]).reshape(shape)
 
 
-def check_export(tensors, config, params):
-    """Every exported tensor against the flat llm.c params (already in the exported dtype)."""
+def expected_export(config, params):
+    """{Hugging Face name: array} from the flat llm.c params (already in the exported dtype)."""
     L, V = config.num_layers, config.vocab_size
     p = {n: params[o:o + k].reshape(s) for n, o, k, s in
          zip(PARAM_NAMES, config.param_offsets(), config.param_sizes(), config.param_shapes())}
@@ -604,6 +815,11 @@ def check_export(tensors, config, params):
         for name, hf_name in hf.items():
             t = p[name][i]
             expected[f"transformer.h.{i}.{hf_name}"] = t.T if t.ndim == 2 else t  # Conv1D: (in, out)
+    return expected
+
+
+def check_export(tensors, expected):
+    """Every tensor read from the exported file against the expected arrays."""
     assert set(tensors) == set(expected)  # tied LM head: no lm_head.weight, as save_pretrained writes it
     for name, t in expected.items():
         got = as_array(tensors[name])
@@ -623,7 +839,16 @@ def test_export_hf_tensors(tmp_path, version, dtype, st_dtype):
     assert metadata == {"format": "pt"}
     assert {t[0] for t in tensors.values()} == {st_dtype}
     stored = params if version == 3 else params.astype(ml_dtypes.bfloat16)  # what the .bin holds
-    check_export(tensors, config, stored.astype(np.float32 if st_dtype == "F32" else ml_dtypes.bfloat16))
+    expected = expected_export(config, stored.astype(np.float32 if st_dtype == "F32" else ml_dtypes.bfloat16))
+    check_export(tensors, expected)
+    # byte for byte what the safetensors package writes for these tensors, and read back by it
+    from safetensors.numpy import load_file, save
+    contiguous = {name: np.ascontiguousarray(t) for name, t in expected.items()}
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == save(contiguous, metadata={"format": "pt"})
+    if st_dtype == "F32":  # the package's numpy loader has no bfloat16
+        loaded = load_file(tmp_path / "hf" / "model.safetensors")
+        assert set(loaded) == set(expected)
+        assert all(np.array_equal(loaded[name], t) for name, t in expected.items())
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert {k: cfg[k] for k in ("model_type", "vocab_size", "n_positions", "n_embd", "n_layer", "n_head",
                                 "activation_function", "tie_word_embeddings", "torch_dtype")} == {
@@ -661,17 +886,42 @@ def test_export_hf_loads_in_transformers(tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
-def test_hellaswag_in_training_loop(hellaswag_bin, d12_dir, tmp_path):
-    """-h 1: evaluated at every -v step except step 0 and at the last step, printed and logged as llm.c."""
+def train_with_hellaswag(hellaswag_bin, d12_dir, tmp_path, *args):
+    """Runs train_gpt2cu.py -h 1 in a run folder holding the tinyshakespeare shards, the tokenizer and the
+    eval file at the path the trainer reads (dev/data/hellaswag/hellaswag_val.bin)."""
     run_dir = tmp_path / "run"
     (run_dir / "dev" / "data" / "hellaswag").mkdir(parents=True)
     (run_dir / "dev" / "data" / "tinyshakespeare").symlink_to(d12_dir / "dev" / "data" / "tinyshakespeare")
     (run_dir / "gpt2_tokenizer.bin").symlink_to(d12_dir / "gpt2_tokenizer.bin")
     (run_dir / "dev" / "data" / "hellaswag" / "hellaswag_val.bin").write_bytes(hellaswag_bin[0].read_bytes())
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train_gpt2cu.py"), "--device", "cpu", "-e", "d6",
-                           "-b", "4", "-t", "64", "-x", "2", "-v", "1", "-m", "1", "-s", "0", "-h", "1",
-                           "-o", str(run_dir / "log")], cwd=run_dir, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(REPO_ROOT / "train_gpt2cu.py"), "--device", "cpu", "-e", "d6",
+                           "-b", "4", "-m", "1", "-s", "0", "-h", "1", "-o", str(run_dir / "log"), *map(str, args)],
+                          cwd=run_dir, capture_output=True, text=True, timeout=300)
+
+
+def test_hellaswag_fit_checked_at_startup(hellaswag_bin, d12_dir, tmp_path):
+    """-h 1 with a T too short for an example stops before the first step, naming the file, the first example
+    that does not fit and the smallest T that fits them all."""
+    examples = rendered(get_gpt2_encoding())
+    need = fit_needs(examples)
+    T = 32
+    first = next(i for i, n in enumerate(need) if n > T)
+    proc = train_with_hellaswag(hellaswag_bin, d12_dir, tmp_path, "-t", T, "-x", 2, "-v", 1)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"error: dev/data/hellaswag/hellaswag_val.bin: example {first} does not fit "
+                                  f"T={T}: ")
+    assert proc.stderr.endswith(f"; every example fits with -t {max(need)} or more\n")
+    assert len(proc.stderr.splitlines()) == 1
+    assert "val loss" not in proc.stdout and "step " not in proc.stdout  # nothing ran
+
+
+def test_hellaswag_in_training_loop(hellaswag_bin, d12_dir, tmp_path):
+    """-h 1: evaluated at every -v step except step 0 and at the last step, printed and logged as llm.c."""
+    run_dir = tmp_path / "run"
+    proc = train_with_hellaswag(hellaswag_bin, d12_dir, tmp_path, "-t", 64, "-x", 2, "-v", 1)
     assert proc.returncode == 0, proc.stderr
+    # progress is a bar on stderr; stdout keeps the result lines only
+    assert "evaluating HellaSwag" in proc.stderr and "evaluating HellaSwag" not in proc.stdout
     n = len(HELLASWAG_EXAMPLES)
     results = re.findall(rf"^HellaSwag: (\d+)/{n} = (\d\.\d{{6}})$", proc.stdout, re.M)
     assert len(results) == 2  # steps 1 and 2, never step 0

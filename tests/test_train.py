@@ -116,18 +116,32 @@ def test_log_sample_and_step_lines(d12_dir, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["-e", "d6", "-b", "x"], "-b x: expected an integer"),
     (["-e", "d6", "--precision", "bf16"], "--precision bf16: --device cpu runs fp32 only"),
-    (["-e", "d6", "-b", 4, "-t", 32, "-d", 100], "-d 100: the total batch size must be a positive multiple of B*T*processes = 128"),
+    (["-e", "d6", "-b", 4, "-t", 32, "-s", 0, "-d", 100], "-d 100: the total batch size must be a positive multiple of B*T*processes = 128"),
     (["-e", "missing.bin"], "missing.bin: model file not found"),
     (["-e", "d7"], "-e d7: expected a .bin checkpoint or a model descriptor"),
     (["-e", "d6", "-t", 2048], "-t 2048: the sequence length must be at most the model's max_seq_len 1024"),
     (["-e", "d6", "-i", "nothing_*.bin"], "nothing_*.bin: no files match"),
-    (["-e", "d6", "-k", "cosinus", "-t", 32], "-k cosinus: unknown learning rate schedule"),
+    (["-e", "d6", "-k", "cosinus", "-t", 32, "-s", 0], "-k cosinus: unknown learning rate schedule"),
     (["-e", "d6", "-y", 1], "-y 1: resuming needs the output dir -o"),
 ])
 def test_bad_flags_give_one_line(d12_dir, args, message):
     proc = run(d12_dir, "train_gpt2cu.py", "--device", "cpu", *args, expect=1)
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-t", 32, "-g", 64, "-x", 1], "-g 64: the prompt's 1 tokens and 63 generated tokens need 63 positions, "
+                                      "more than the sequence length -t 32"),
+    (["-b", 32, "-t", 1024, "-x", 1], "tiny_shakespeare_val.bin: shard too small: expected at least B*T*P+1 = 32769 "
+                                      "tokens (B=32, T=1024, P=1), found 32768"),
+])
+def test_run_that_cannot_finish_stops_at_startup(d12_dir, args, message):
+    """A sample longer than T (it would fail at the first sample) and a shard smaller than one batch: one line,
+    before the model is built."""
+    proc = run(d12_dir, "train_gpt2cu.py", "--device", "cpu", "-e", "d6", *args, expect=1)
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "num_parameters" not in proc.stdout
 
 
 @pytest.mark.parametrize("args", [["-q"], ["-nx", 4], ["-lx", 3], ["x", 3]])

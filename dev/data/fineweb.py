@@ -5,7 +5,9 @@ its tokens) stream into a buffer of -s tokens; a document that does not fit is s
 completing the shard and its tail starting the next one, and the last shard holds what remains.
 Shard 0 is val, all later shards train: `{fineweb|edu_fineweb}_{val|train}_{%06d}.bin` in
 dev/data/{fineweb10B|fineweb100B|edu_fineweb10B|edu_fineweb100B}/. Documents are tokenized in a process
-pool whose results come back in document order, so the shards are the same on every run.
+pool whose results come back in document order, so the shards are the same on every run. Each shard is
+written as soon as it is full, under a hidden name, and all of them are renamed into place only when the
+whole run has succeeded: a run that fails or is interrupted leaves no shards behind.
 
     python dev/data/fineweb.py -v 10B                     # HuggingFaceFW/fineweb sample-10BT (needs `datasets`)
     python dev/data/fineweb.py -t edu -v 100B
@@ -14,16 +16,16 @@ pool whose results come back in document order, so the shards are the same on ev
 import argparse
 import glob
 import os
+import signal
 import sys
-import time
 from multiprocessing import Pool
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from data_common import progress, read_jsonl, write_datafile  # noqa: E402
-from llmc_py import LlmcError, run_main  # noqa: E402
+from data_common import OutputFiles, read_jsonl, write_datafile  # noqa: E402
+from llmc_py import LlmcError, progress_bar, run_main  # noqa: E402
 from llmc_py.tokenizer import get_gpt2_encoding  # noqa: E402
 
 DATA_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -85,6 +87,7 @@ def local_texts(files):
 
 def _init_worker():
     global _enc
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it ends the pool
     _enc = get_gpt2_encoding()
 
 
@@ -96,41 +99,52 @@ def tokenize(text):
 
 
 class ShardWriter:
-    """Fills shards of exactly shard_size tokens and writes each one as soon as it is full."""
+    """Fills shards of exactly shard_size tokens and writes each one as soon as it is full (staged in `outputs`,
+    an OutputFiles, when given), with a progress bar per shard. Use it in a `with` block, which closes the bar."""
 
-    def __init__(self, out_dir, prefix, shard_size, model_desc):
-        self.out_dir, self.prefix, self.model_desc = out_dir, prefix, model_desc
+    def __init__(self, out_dir, prefix, shard_size, model_desc, outputs=None):
+        self.out_dir, self.prefix, self.model_desc, self.outputs = out_dir, prefix, model_desc, outputs
         self.shard_size = shard_size
         self.buf = np.empty(shard_size, dtype=np.uint16)
         self.count = 0
         self.shard_index = 0
         self.files = []
-        self._last_draw = 0.0
+        self.bar = None
 
-    def _label(self):
-        return f"shard {self.shard_index}: tokens"
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._close_bar()
+
+    def _close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _fill(self, tokens):
+        if self.bar is None:
+            self.bar = progress_bar(total=self.shard_size, desc=f"shard {self.shard_index}", unit="tok",
+                                    unit_scale=True)
+        self.buf[self.count:self.count + len(tokens)] = tokens
+        self.count += len(tokens)
+        self.bar.update(len(tokens))
 
     def add(self, tokens):
         pos = 0
         while self.count + (len(tokens) - pos) >= self.shard_size:  # the document fills this shard
             take = self.shard_size - self.count
-            self.buf[self.count:] = tokens[pos:pos + take]
+            self._fill(tokens[pos:pos + take])
             pos += take
-            self.count = self.shard_size
             self._write()
-        rest = len(tokens) - pos
-        self.buf[self.count:self.count + rest] = tokens[pos:]
-        self.count += rest
-        now = time.monotonic()
-        if now - self._last_draw > 0.2:
-            progress(self._label(), self.count, self.shard_size)
-            self._last_draw = now
+        if pos < len(tokens):
+            self._fill(tokens[pos:])
 
     def _write(self):
-        progress(self._label(), self.count, self.count)
+        self._close_bar()
         split = "val" if self.shard_index == 0 else "train"
         path = os.path.join(self.out_dir, f"{self.prefix}_{split}_{self.shard_index:06d}.bin")
-        write_datafile(path, self.buf[:self.count], self.model_desc)
+        write_datafile(path, self.buf[:self.count], self.model_desc, self.outputs)
         self.files.append(path)
         self.shard_index += 1
         self.count = 0
@@ -165,14 +179,14 @@ def main():
     out_dir = args.out_dir or os.path.join(DATA_DIR, FILE_PREFIX[args.type] + args.version)
     texts = local_texts(local_files(args.input)) if args.input else hf_texts(args.type, args.version)
     get_gpt2_encoding()  # fail here, once, rather than in every worker
-    os.makedirs(out_dir, exist_ok=True)
-    writer = ShardWriter(out_dir, FILE_PREFIX[args.type], args.shard_size, args.model_desc)
-    with Pool(args.workers, initializer=_init_worker) as pool:
+    with (OutputFiles(out_dir) as out, ShardWriter(out_dir, FILE_PREFIX[args.type], args.shard_size,
+                                                   args.model_desc, out) as writer,
+          Pool(args.workers, initializer=_init_worker) as pool):
         for tokens in pool.imap(tokenize, texts, chunksize=16):  # imap yields in document order
             writer.add(tokens)
-    files = writer.finish()
-    if not files:
-        raise LlmcError("no documents to tokenize")
+        files = writer.finish()
+        if not files:
+            raise LlmcError("no documents to tokenize")
     print(f"wrote {len(files)} shards to {out_dir}")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from data_common import download_if_absent, read_jsonl  # noqa: E402
-from llmc_py import LlmcError, run_main  # noqa: E402
+from llmc_py import LlmcError, progress_bar, run_main  # noqa: E402
 from llmc_py.dataloader import EVAL_DELIMITER, EVAL_MAGIC, EVAL_VERSION, NUM_COMPLETIONS  # noqa: E402
 from llmc_py.fileio import atomic_write, make_header  # noqa: E402
 from llmc_py.tokenizer import get_gpt2_encoding  # noqa: E402
@@ -100,14 +100,13 @@ def main():
         raise LlmcError(f"{input_path}: no examples")
     enc = get_gpt2_encoding()
     rendered = []
-    for i, ex in enumerate(examples):
-        try:
-            rendered.append(render_example(ex, enc))
-        except ValueError as e:  # tiktoken refuses special-token text such as <|endoftext|>
-            raise LlmcError(f"{input_path}: example {i}: cannot encode: {e}") from None
-        if (i + 1) % 1000 == 0 or i + 1 == len(examples):
-            print(f"\rtokenized {i + 1:,}/{len(examples):,} examples", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    with progress_bar(total=len(examples), desc="tokenizing", unit="example") as bar:
+        for i, ex in enumerate(examples):
+            try:
+                rendered.append(render_example(ex, enc))
+            except ValueError as e:  # tiktoken refuses special-token text such as <|endoftext|>
+                raise LlmcError(f"{input_path}: example {i}: cannot encode: {e}") from None
+            bar.update()
     os.makedirs(args.out_dir, exist_ok=True)
     write_evalfile(os.path.join(args.out_dir, OUTPUT_NAME), rendered)
 

@@ -14,7 +14,7 @@ import sys
 # runnable as `python dev/data/tinyshakespeare.py`: llmc_py lives at the repo root, two levels up
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from data_common import download_if_absent, write_datafile  # noqa: E402
+from data_common import OutputFiles, download_if_absent, write_datafile  # noqa: E402
 from llmc_py import LlmcError, run_main  # noqa: E402
 from llmc_py.tokenizer import get_gpt2_encoding  # noqa: E402
 
@@ -55,9 +55,9 @@ def main():
         raise LlmcError(f"{input_path}: cannot read the input text: {getattr(e, 'strerror', None) or e}") from None
 
     tokens = tokenize(text, get_gpt2_encoding())
-    os.makedirs(args.out_dir, exist_ok=True)
-    write_datafile(os.path.join(args.out_dir, "tiny_shakespeare_val.bin"), tokens[:VAL_TOKENS], args.model_desc)
-    write_datafile(os.path.join(args.out_dir, "tiny_shakespeare_train.bin"), tokens[VAL_TOKENS:], args.model_desc)
+    with OutputFiles(args.out_dir) as out:  # both shards or neither
+        for name, part in (("val", tokens[:VAL_TOKENS]), ("train", tokens[VAL_TOKENS:])):
+            write_datafile(os.path.join(args.out_dir, f"tiny_shakespeare_{name}.bin"), part, args.model_desc, out)
 
 
 if __name__ == "__main__":

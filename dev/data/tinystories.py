@@ -6,7 +6,8 @@ train file's order (not its content or size) vary from run to run. Otherwise as 
 sorted by name, shard 0 is val and the rest train; each shard's list of stories is shuffled with
 random.Random(1337 + the shard's index within its split); every story is stripped of surrounding
 whitespace and written as EOT followed by its tokens. For the full download llm.c reports 50 shards,
-19,043,638 val tokens and 925,653,391 train tokens.
+19,043,638 val tokens and 925,653,391 train tokens. The two files appear together once the whole run has
+succeeded; a failed or interrupted run leaves neither.
 
     python dev/data/tinystories.py                          # downloads and unpacks TinyStories_all_data.tar.gz
     python dev/data/tinystories.py --input shards_dir/ --out-dir /tmp/ts
@@ -17,16 +18,19 @@ import glob
 import json
 import os
 import random
+import shutil
+import signal
 import sys
 import tarfile
 from multiprocessing import Pool
 
 import numpy as np
+from tqdm.utils import CallbackIOWrapper
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from data_common import download_if_absent, progress, write_datafile  # noqa: E402
-from llmc_py import LlmcError, run_main  # noqa: E402
+from data_common import OutputFiles, download_if_absent, write_datafile  # noqa: E402
+from llmc_py import LlmcError, progress_bar, run_main  # noqa: E402
 from llmc_py.tokenizer import get_gpt2_encoding  # noqa: E402
 
 DATA_CACHE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tinystories")
@@ -40,20 +44,28 @@ _enc = None  # the GPT-2 encoding, one per worker process
 # download and unpack
 
 def unpack(archive_path, data_dir):
-    """Unpacks the archive's JSON shards into data_dir (into a temporary folder first, renamed when whole)."""
+    """Unpacks the archive's JSON shards into data_dir: into a temporary folder first, renamed when whole and
+    removed when unpacking fails or is interrupted. The archive is read as a stream, its bar counting the
+    compressed bytes read."""
     if os.path.isdir(data_dir):
         print(f"{data_dir} already exists, skipping unpacking")
         return
     tmp = data_dir + ".partial"
     print(f"unpacking {archive_path} to {data_dir}")
     try:
-        with tarfile.open(archive_path, "r:*") as tar:
+        with (open(archive_path, "rb") as raw,
+              progress_bar(total=os.path.getsize(archive_path), desc=f"unpacking {os.path.basename(archive_path)}",
+                           unit="B", unit_scale=True, unit_divisor=1024) as bar,
+              tarfile.open(fileobj=CallbackIOWrapper(bar.update, raw, "read"), mode="r|*") as tar):
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(tmp, filter="data")  # no absolute paths, links out of tmp, or devices
             else:
                 tar.extractall(tmp)
-    except (OSError, tarfile.TarError) as e:
-        raise LlmcError(f"{archive_path}: cannot unpack: {e}") from None
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, tarfile.TarError)):
+            raise LlmcError(f"{archive_path}: cannot unpack: {e}") from None
+        raise
     os.replace(tmp, data_dir)
 
 
@@ -84,6 +96,7 @@ def find_shards(inputs):
 
 def _init_worker():
     global _enc
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it ends the pool
     _enc = get_gpt2_encoding()
 
 
@@ -110,10 +123,10 @@ def tokenize_shard(job):
 def tokenize_split(name, paths, pool):
     """Tokenizes a split's shards in the pool; returns the concatenation in shard order."""
     parts = []
-    progress(f"tokenizing {name}: shards", 0, len(paths))
-    for part in pool.imap(tokenize_shard, list(enumerate(paths))):  # imap yields in submission order
-        parts.append(part)
-        progress(f"tokenizing {name}: shards", len(parts), len(paths))
+    with progress_bar(total=len(paths), desc=f"tokenizing {name}", unit="shard") as bar:
+        for part in pool.imap(tokenize_shard, list(enumerate(paths))):  # imap yields in submission order
+            parts.append(part)
+            bar.update()
     return np.concatenate(parts)
 
 
@@ -139,11 +152,10 @@ def main():
     shards = find_shards(inputs)
     print(f"number of shards: {len(shards)}")
     get_gpt2_encoding()  # fail here, once, rather than in every worker
-    os.makedirs(args.out_dir, exist_ok=True)
-    with Pool(min(args.workers, len(shards)), initializer=_init_worker) as pool:
+    with OutputFiles(args.out_dir) as out, Pool(min(args.workers, len(shards)), initializer=_init_worker) as pool:
         for name, paths in (("val", shards[:1]), ("train", shards[1:])):
             tokens = tokenize_split(name, paths, pool)
-            write_datafile(os.path.join(args.out_dir, f"TinyStories_{name}.bin"), tokens, args.model_desc)
+            write_datafile(os.path.join(args.out_dir, f"TinyStories_{name}.bin"), tokens, args.model_desc, out)
 
 
 if __name__ == "__main__":
