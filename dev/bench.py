@@ -4,8 +4,10 @@
     python dev/bench.py --device cuda -e gpt2_124M_bf16.bin -b 4 -t 1024            # bf16
     python dev/bench.py --device cuda --precision fp32 -e gpt2_124M.bin -b 4 -t 1024 # fp32, TF32 (-f 1)
 
-Times whole steps (forward, backward, grad norm, AdamW) on random tokens after one warm-up step, the
-way train_gpt2cu.py times them (CUDA events on the GPU), and prints the figures; it asserts nothing.
+Times whole steps (forward, backward, grad norm, AdamW) on random tokens after warm-up, the way
+train_gpt2cu.py runs and times them (llmc_py.step's TrainStep, CUDA events on the GPU; with --cuda-graph 1, the
+default on the GPU, the first step runs eagerly, the second is captured as CUDA graphs and every later one
+replays them, so the median covers replayed steps only), and prints the figures; it asserts nothing.
 MFU uses the peak of spec 9.9's table for this GPU's name ("MFU n/a" for GPUs missing from it).
 """
 import argparse
@@ -19,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from llmc_py import LlmcError, cuda, run_main  # noqa: E402
 from llmc_py.gpt2 import GPT2  # noqa: E402
 from llmc_py.mfu import estimate_mfu, format_mfu, get_flops_promised  # noqa: E402
+from llmc_py.step import TrainStep  # noqa: E402
 
 
 def main():
@@ -32,9 +35,12 @@ def main():
     p.add_argument("-t", type=int, default=64)
     p.add_argument("-r", type=int, default=1, choices=[0, 1, 2], help="recompute")
     p.add_argument("-ge", type=int, default=0, choices=[0, 1, 2], help="GELU fusion")
+    p.add_argument("--cuda-graph", type=int, default=None, choices=[0, 1],
+                   help="replay the step as CUDA graphs (default 1 on cuda; cpu has none)")
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
     precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    cuda_graph = args.device == "cuda" if args.cuda_graph is None else bool(args.cuda_graph)
     if args.steps < 1:
         raise LlmcError(f"--steps {args.steps}: expected at least 1")
     name, peak = "cpu (NumPy reference)", -1.0
@@ -49,21 +55,22 @@ def main():
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, c.vocab_size, (args.b, args.t + 1)).astype(np.int32)
     inputs, targets = tokens[:, :-1].copy(), tokens[:, 1:].copy()
+    train_step = TrainStep(model, 1, cuda_graph=cuda_graph)
     timer = cuda.StepTimer(model.gpu)
     times = []
-    for step in range(args.steps + 1):
+    warmup = 2 if cuda_graph else 1  # eager, then captured: neither is a replayed step
+    for step in range(args.steps + warmup):
         timer.start()
-        model.forward(inputs)
-        model.backward(inputs, targets, 1, 0)
-        norm = np.sqrt(model.grad_norm_squared())
-        model.update(1e-4, 0.0, 1.0 / norm if norm > 1.0 else 1.0, step + 1)
+        train_step.micro_step(inputs, targets, 0)
+        train_step.readback()
+        train_step.update(1e-4, 0.0, step + 1)
         times.append(timer.stop() / 1000.0)
-    dt = float(np.median(times[1:]))
+    dt = float(np.median(times[warmup:]))
     tokens_per_step = args.b * args.t
     mfu = estimate_mfu(c.num_parameters, c.num_layers, c.channels, args.t, tokens_per_step, dt, peak)
     extra = f", --matmul {args.matmul}" if args.matmul != "cublas" else ""
     print(f"model {args.e}: {c.num_parameters:,} parameters, B={args.b} T={args.t}, device {name}, "
-          f"{precision}{extra}, -r {args.r}")
+          f"{precision}{extra}, -r {args.r}, CUDA graph {'on' if cuda_graph else 'off'}")
     memory = f" | {cuda.memory_usage()[0]} MiB device memory used" if model.gpu else ""
     print(f"median of {args.steps} steps: {dt * 1000:.1f} ms/step | {tokens_per_step / dt:.0f} tok/s | {format_mfu(mfu)}"
           f"{memory}")
