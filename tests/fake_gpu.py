@@ -776,7 +776,7 @@ class FakeGPU:
         class Stream:
             _next = [0x5000]
 
-            def __init__(self, non_blocking=False, null=False):
+            def __init__(self, null=False, non_blocking=False):
                 Stream._next[0] += 0x10
                 self.ptr = 0 if null else Stream._next[0]
                 self.non_blocking = non_blocking
@@ -832,9 +832,9 @@ class FakeGPU:
                 gpu.forbid("Event.synchronize()")
                 assert self.recorded, "synchronize on an event never recorded"
 
-        def get_elapsed_time(start, end):
+        def get_elapsed_time(start_event, end_event):
             gpu.forbid("get_elapsed_time(), which waits for the events")
-            assert start.recorded and end.recorded
+            assert start_event.recorded and end_event.recorded
             return 1.0
 
         cuda.Device, cuda.Stream, cuda.Event, cuda.Graph = Device, Stream, Event, Graph

@@ -8,6 +8,7 @@ tests compare, bit for bit, with the learning rate, the bias corrections, the se
 ids all changing from step to step. What only a GPU can show (that CUDA, cuBLASLt and NCCL capture and replay as
 modeled here) is dev/gpu/steps/45_cuda_graph.sh's part.
 """
+import inspect
 import re
 
 import numpy as np
@@ -165,6 +166,44 @@ def test_capture_refuses_what_a_graph_cannot_hold(emulated):
     with pytest.raises(fake_gpu.CaptureError, match="a graph launch"):
         cuda.capture(graph.launch)
     assert "cublas.sgemm" in fake_gpu.LIBRARY_CALLS and fake_gpu.LIBRARY_CALLS["cublasLt.matmul"] == "work"
+
+
+def _parameters(doc_or_fn):
+    """Parameter names (self left out) of a Python function, or of the signature line that opens a Cython
+    docstring, e.g. 'MemoryPointer.memset_async(self, int value, size_t size, stream=None)'."""
+    if callable(doc_or_fn) and not isinstance(doc_or_fn, str):
+        return [p for p in inspect.signature(doc_or_fn).parameters if p != "self"]
+    inner = doc_or_fn.strip().splitlines()[0].split("(", 1)[1].rsplit(")", 1)[0]
+    names = [part.split("=")[0].split()[-1] for part in inner.split(",") if part.strip()]
+    return [name for name in names if name != "self"]
+
+
+def test_fake_capture_api_follows_the_installed_cupy():
+    """The fake's stream-capture, event, pinned-memory and async-copy entry points take the parameters of the
+    installed CuPy's (read off its Cython signatures): a rename there breaks this test, not a GPU run."""
+    real = pytest.importorskip("cupy")
+    cupyx = pytest.importorskip("cupyx")
+    from cupy.cuda import graph, memory
+    fake = fake_gpu.FakeGPU().cupy_module()
+    fcuda = fake["cupy.cuda"]
+    pairs = [(real.cuda.Stream.begin_capture, fcuda.Stream.begin_capture),
+             (real.cuda.Stream.end_capture, fcuda.Stream.end_capture),
+             (real.cuda.Stream.is_capturing, fcuda.Stream.is_capturing),
+             (real.cuda.Stream.synchronize, fcuda.Stream.synchronize), (real.cuda.Stream.use, fcuda.Stream.use),
+             (graph.Graph.launch, fcuda.Graph.launch), (graph.Graph.upload, fcuda.Graph.upload),
+             (real.cuda.Event.__init__, fcuda.Event.__init__), (real.cuda.Event.record, fcuda.Event.record),
+             (real.cuda.Event.synchronize, fcuda.Event.synchronize),
+             (real.cuda.get_current_stream, fcuda.get_current_stream),
+             (real.cuda.get_elapsed_time, fcuda.get_elapsed_time),
+             (memory.MemoryPointer.memset_async, fake_gpu._Memory.memset_async),
+             (memory.MemoryPointer.copy_from_host_async, fake_gpu._Memory.copy_from_host_async),
+             (real.ndarray.get, fake_gpu.DeviceArray.get), (real.ndarray.set, fake_gpu.DeviceArray.set),
+             (real.ndarray.fill, fake_gpu.DeviceArray.fill), (real.cuda.Device.synchronize, fcuda.Device.synchronize)]
+    for real_fn, fake_fn in pairs:
+        assert _parameters(fake_fn) == _parameters(real_fn.__doc__), real_fn.__doc__.splitlines()[0]
+    assert _parameters(fake["cupyx"].empty_pinned) == _parameters(cupyx.empty_pinned)
+    stream_params = _parameters(real.cuda.Stream.__init__.__doc__)
+    assert _parameters(fcuda.Stream.__init__) == stream_params[:len(_parameters(fcuda.Stream.__init__))]
 
 
 @pytest.mark.parametrize("cuda_graph", [False, True])
