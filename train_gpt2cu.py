@@ -7,8 +7,10 @@
 
 Reads top to bottom as the algorithm: parse flags, build the model and loaders, then the loop
 {val loss, sample, checkpoint, train step}. Flags follow llm.c's rules exactly (pairs of `-x value`, one
-or two letters after the dash); `--device`, `--precision`, `--matmul` and the sampler's `--prompt`, `--top-k`
-and `--temperature` are this program's own additions.
+or two letters after the dash); `--device`, `--precision`, `--matmul`, `--cuda-graph` and the sampler's
+`--prompt`, `--top-k` and `--temperature` are this program's own additions. A training step is llmc_py.step's
+TrainStep: on the GPU its device work is captured once as CUDA graphs and replayed (`--cuda-graph 1`, the default
+there), and the loss and grad norm come back once per step.
 Several processes (mpirun, srun, or -pn/-pr with -pi tcp/fs) each train on their own slice of every batch
 and average gradients through llmc_py.zero; only rank 0 prints, logs, samples and writes the model file.
 """
@@ -28,6 +30,7 @@ from llmc_py.mfu import describe_peak, estimate_mfu, format_mfu, get_flops_promi
 from llmc_py.outlier_detector import OutlierDetector
 from llmc_py.sampler import Sampler, check_fits, generate, prompt_tokens
 from llmc_py.schedulers import LearningRateScheduler
+from llmc_py.step import TrainStep
 from llmc_py.tokenizer import Tokenizer, print_token
 from llmc_py.zero import choose_zero_stage, discover, make_communicator
 
@@ -75,7 +78,7 @@ FLAGS = {
 CATCH_ALL = set("ijeoybtducqxvmafwzrhkg")
 # long option -> (option name, its choices or its type)
 LONG_OPTIONS = {"--device": ("device", ("cuda", "cpu")), "--precision": ("precision", ("bf16", "fp32")),
-                "--matmul": ("matmul", ("cublas", "custom", "fp16fc")),
+                "--matmul": ("matmul", ("cublas", "custom", "fp16fc")), "--cuda-graph": ("cuda_graph", ("0", "1")),
                 "--prompt": ("prompt", str), "--top-k": ("top_k", int), "--temperature": ("temperature", float)}
 HELLASWAG_PATH = "dev/data/hellaswag/hellaswag_val.bin"
 TOKENIZER_PATH = "gpt2_tokenizer.bin"
@@ -123,6 +126,7 @@ Options:
   --precision <bf16|fp32> (default = bf16 on cuda; cpu runs fp32 only)
   --matmul <cublas|custom|fp16fc> fp32 on cuda: forward matmuls by cuBLAS SGEMM, our tiled kernel, or the MLP's
                         first linear with fp16 operands (default = cublas)
+  --cuda-graph <0|1>    capture the training step as CUDA graphs and replay them (default = 1 on cuda)
   --prompt <string>     samples continue EOT + this text instead of EOT alone (-g still sets genT-1 new tokens)
   --top-k <int>         samples draw from the k most likely tokens only (default: all, llm.c's sampler)
   --temperature <float> samples draw from softmax(logits / temperature) (default = 1.0)"""
@@ -141,7 +145,8 @@ def convert(flag, value, kind):
 
 def parse_args(argv):
     opts = {name: default for name, _, default in FLAGS.values()}
-    opts.update(device="cuda", precision=None, matmul="cublas", prompt=None, top_k=None, temperature=1.0)
+    opts.update(device="cuda", precision=None, matmul="cublas", cuda_graph=None, prompt=None, top_k=None,
+                temperature=1.0)
     i = 0
     while i < len(argv):
         flag = argv[i]
@@ -164,6 +169,7 @@ def parse_args(argv):
         opts[name] = convert(flag, value, kind)
     if opts["precision"] is None:
         opts["precision"] = "bf16" if opts["device"] == "cuda" else "fp32"
+    opts["cuda_graph"] = int(opts["device"] == "cuda" if opts["cuda_graph"] is None else opts["cuda_graph"])
     return opts
 
 
@@ -172,6 +178,8 @@ def check_options(o):
         raise LlmcError(f"--precision {o['precision']}: --device cpu runs fp32 only")
     if o["matmul"] != "cublas" and (o["device"] != "cuda" or o["precision"] != "fp32"):
         raise LlmcError(f"--matmul {o['matmul']}: the matmul variants exist for --device cuda --precision fp32 only")
+    if o["cuda_graph"] and o["device"] != "cuda":
+        raise LlmcError("--cuda-graph 1: CUDA graphs need --device cuda")
     for flag, name, low in (("-b", "B", 1), ("-t", "T", 1), ("-v", "val_loss_every", 1), ("-u", "warmup_iterations", 0),
                             ("-r", "recompute", 0), ("-nk", "checkpoints_keep", 0), ("-nm", "major_checkpoint_every", 0)):
         if o[name] < low:
@@ -335,7 +343,7 @@ def train(o, info, comm, device=None):
         ("peak TFlops", f"{peak:.1f}" if peak >= 0 else "n/a"),
         ("precision", o["precision"].upper() + (" (TF32 matmuls)" if enable_tf32 else "")
          + (f", --matmul {o['matmul']}" if o["matmul"] != "cublas" else "")),
-        ("process", info.describe())])
+        ("CUDA graph", "on" if o["cuda_graph"] else "off"), ("process", info.describe())])
     if gpu:
         print(describe_peak(device.name, o["precision"]))
 
@@ -401,6 +409,7 @@ def train(o, info, comm, device=None):
         start_step = model.load_state(checkpoint_paths(output_dir, resume_step, rank)[1], train_loader)
         print(f"resumed from step {start_step} of {output_dir}")
     loss_outliers, norm_outliers = OutlierDetector(), OutlierDetector()
+    train_step = TrainStep(model, grad_accum_steps, cuda_graph=bool(o["cuda_graph"]))
 
     total_time_ms, ema_tokens_per_second = 0.0, 0.0
     tokens_per_step = total_batch_size
@@ -433,19 +442,17 @@ def train(o, info, comm, device=None):
             train_loader.reset()
         for micro_step in range(grad_accum_steps):
             inputs, targets = train_loader.next_batch()
-            model.forward(inputs)
-            model.backward(inputs, targets, grad_accum_steps, micro_step)
-        zloss = loss_outliers.update(model.mean_loss)
+            train_step.micro_step(inputs, targets, micro_step)
+        mean_loss, grad_norm = train_step.readback()
+        zloss = loss_outliers.update(mean_loss)
         lr = scheduler.get(step)
-        grad_norm = math.sqrt(model.grad_norm_squared())
         zgrad = norm_outliers.update(grad_norm)
         if math.isfinite(zloss) and o["skip_update_lossz"] != 0 and zloss > o["skip_update_lossz"]:
             print(f"skipping update due to loss z-score of {zloss:f}")
         elif math.isfinite(zgrad) and o["skip_update_gradz"] != 0 and zgrad > o["skip_update_gradz"]:
             print(f"skipping update due to grad z-score of {zgrad:f}")
         else:
-            grad_scale = 1.0 / grad_norm if grad_norm > 1.0 else 1.0
-            model.update(lr, o["weight_decay"], grad_scale, step + 1)
+            train_step.update(lr, o["weight_decay"], step + 1)
         ms = timer.stop()
         if step > start_step:
             total_time_ms += ms
@@ -456,10 +463,10 @@ def train(o, info, comm, device=None):
             bias_corrected = ema_tokens_per_second / (1.0 - 0.95 ** step)
         mfu = estimate_mfu(c.num_parameters, c.num_layers, c.channels, T, tokens_per_step // num_processes,
                            ms / 1000.0, peak)
-        print(f"step {step + 1:4d}/{train_num_batches} | loss {model.mean_loss:7.6f} ({zloss:+.2f}z)| "
+        print(f"step {step + 1:4d}/{train_num_batches} | loss {mean_loss:7.6f} ({zloss:+.2f}z)| "
               f"norm {grad_norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {ms:.2f} ms | {format_mfu(mfu)} | "
               f"{bias_corrected:.0f} tok/s", flush=True)
-        logger.log_train(step, model.mean_loss, lr, grad_norm)
+        logger.log_train(step, mean_loss, lr, grad_norm)
 
     if train_num_batches - start_step > 1:
         print(f"total average iteration time: {total_time_ms / (train_num_batches - 1):f} ms")

@@ -5,9 +5,11 @@
     python dev/bench.py --device cuda --precision fp32 -e gpt2_124M.bin -b 4 -t 1024 # fp32, TF32 (-f 1)
 
 Times whole steps (forward, backward, grad norm, AdamW) after --warmup untimed ones, the way train_gpt2cu.py
-times them (CUDA events on the GPU, the batch drawn inside the step), on random tokens or, with -i, on a data
-shard read as train_gpt2cu.py reads it, and prints the figures; it asserts nothing. MFU uses the peak of spec
-9.9's table for this GPU's name ("MFU n/a" for GPUs missing from it). --json writes the figures in the form
+runs and times them (llmc_py.step's TrainStep, CUDA events on the GPU, the batch drawn inside the step; with
+--cuda-graph 1, the default on the GPU, the first step runs eagerly, the second is captured as CUDA graphs and
+every later one replays them, so at least those two are untimed), on random tokens or, with -i, on a data shard
+read as train_gpt2cu.py reads it, and prints the figures; it asserts nothing. MFU uses the peak of spec 9.9's
+table for this GPU's name ("MFU n/a" for GPUs missing from it). --json writes the figures in the form
 dev/bench_peers.py reads from every program it compares (bench_result below; dev/bench_torch.py writes it too).
 """
 import argparse
@@ -24,6 +26,7 @@ from llmc_py.dataloader import DataLoader  # noqa: E402
 from llmc_py.fileio import atomic_write  # noqa: E402
 from llmc_py.gpt2 import GPT2  # noqa: E402
 from llmc_py.mfu import estimate_mfu, format_mfu, get_flops_promised  # noqa: E402
+from llmc_py.step import TrainStep  # noqa: E402
 
 
 def bench_result(program, device, B, T, step_ms, memory_mib, memory_what, **details):
@@ -53,10 +56,13 @@ def main():
     p.add_argument("-ge", type=int, default=0, choices=[0, 1, 2], help="GELU fusion")
     p.add_argument("-i", default=None, help="data shard pattern (llm.c's -i); default: random tokens")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
+    p.add_argument("--cuda-graph", type=int, default=None, choices=[0, 1],
+                   help="replay the step as CUDA graphs (default 1 on cuda; cpu has none)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args()
     precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    cuda_graph = args.device == "cuda" if args.cuda_graph is None else bool(args.cuda_graph)
     if args.steps < 1:
         raise LlmcError(f"--steps {args.steps}: expected at least 1")
     if args.warmup < 0:
@@ -74,32 +80,33 @@ def main():
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, c.vocab_size, (args.b, args.t + 1)).astype(np.int32)
     inputs, targets = tokens[:, :-1].copy(), tokens[:, 1:].copy()
+    train_step = TrainStep(model, 1, cuda_graph=cuda_graph)
     timer = cuda.StepTimer(model.gpu)
     times = []
-    for step in range(args.warmup + args.steps):
+    warmup = max(args.warmup, 2 if cuda_graph else 0)  # with graphs: an eager step, then the captured one
+    for step in range(warmup + args.steps):
         timer.start()
         if loader is not None:
             inputs, targets = loader.next_batch()
-        model.forward(inputs)
-        model.backward(inputs, targets, 1, 0)
-        norm = np.sqrt(model.grad_norm_squared())
-        model.update(1e-4, 0.0, 1.0 / norm if norm > 1.0 else 1.0, step + 1)
+        train_step.micro_step(inputs, targets, 0)
+        train_step.readback()
+        train_step.update(1e-4, 0.0, step + 1)
         times.append(timer.stop() / 1000.0)
-    dt = float(np.median(times[args.warmup:]))
+    dt = float(np.median(times[warmup:]))
     tokens_per_step = args.b * args.t
     mfu = estimate_mfu(c.num_parameters, c.num_layers, c.channels, args.t, tokens_per_step, dt, peak)
     extra = f", --matmul {args.matmul}" if args.matmul != "cublas" else ""
     print(f"model {args.e}: {c.num_parameters:,} parameters, B={args.b} T={args.t}, device {name}, "
-          f"{precision}{extra}, -r {args.r}")
+          f"{precision}{extra}, -r {args.r}, CUDA graph {'on' if cuda_graph else 'off'}")
     used = cuda.memory_usage()[0] if model.gpu else None
     memory = f" | {used} MiB device memory used" if model.gpu else ""
     print(f"median of {args.steps} steps: {dt * 1000:.1f} ms/step | {tokens_per_step / dt:.0f} tok/s | {format_mfu(mfu)}"
           f"{memory}")
     if args.json:
         write_json(args.json, bench_result(
-            "llmc-py", name, args.b, args.t, [t * 1000 for t in times[args.warmup:]], used,
+            "llmc-py", name, args.b, args.t, [t * 1000 for t in times[warmup:]], used,
             "device memory in use after the steps (cudaMemGetInfo)", precision=precision, recompute=args.r,
-            gelu_fusion=args.ge, model=args.e, data=args.i or "random tokens", warmup=args.warmup))
+            gelu_fusion=args.ge, model=args.e, data=args.i or "random tokens", warmup=warmup, cuda_graph=cuda_graph))
 
 
 if __name__ == "__main__":

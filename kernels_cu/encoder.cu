@@ -4,14 +4,18 @@
 // one position's channels and sums over b itself. dwte: the host groups the (b,t) positions by token into
 // buckets (layout below), so one block owns one (token, channel group) and is the only writer of that slice of
 // dwte; both sum in f32 and round into the floatX grad once (stochastically in bf16, spec 7.3).
+// The launch does not depend on the batch: the bucket table has a fixed number of rows and the rounding seed
+// is read from device memory, so a backward captured once as a CUDA graph replays for every batch.
 //
-// wte backward input layout, prepared on the host from the token ids (a later step writes that code):
-//   bucket_info  int32 (num_buckets, 4), 16-byte aligned, row i = [start, size, token, 0]: one bucket per distinct
-//                token in inp; buckets sorted by size descending, ties by token ascending (fully determined, so
-//                the rounding noise below is reproducible, unlike llm.c's unordered_map order, spec 7.3 AMBIG).
+// wte backward input layout, written on the host from the token ids before the launch (llmc_py/encoder.py):
+//   bucket_info  int32 (rows, 4), 16-byte aligned, rows = min(B*T, Vp), the most distinct tokens a batch can
+//                hold; row i = [start, size, token, 0]: one bucket per distinct token in inp, sorted by size
+//                descending, ties by token ascending (fully determined, so the rounding noise below is
+//                reproducible, unlike llm.c's unordered_map order, spec 7.3 AMBIG); the rows past the batch's
+//                buckets are all zero (size 0: their blocks return at once).
 //   workload     int32 (B*T,): the flat positions bt = b*T + t, grouped by bucket: bucket i owns
 //                workload[start : start+size], in increasing bt (the NumPy oracle's stable argsort of the ids).
-//   launch       grid (num_buckets, num_c_groups), block WTE_BLOCK = 256, num_c_groups = ceil(C / (32*x128::size)).
+//   launch       grid (rows, num_c_groups), block WTE_BLOCK = 256, num_c_groups = ceil(C / (32*x128::size)).
 // In NumPy: order = argsort(ids, stable); uniq, start, size = unique(ids[order], index, counts);
 // by = lexsort((uniq, -size)); bucket_info = [start[by], size[by], uniq[by], 0]; workload = order.
 // llm.c lists every (token, channel group) pair as its own bucket; the lists of one token are identical for every
@@ -47,11 +51,13 @@ extern "C" __global__ void __launch_bounds__(ENC_BLOCK) encoder_forward_kernel(
 
 // dwpe (maxT,C) [:T] += dout (B,T,C) summed over b. One thread per 16-byte chunk of dwpe[:T]:
 // grid ceil(T*C / (ENC_BLOCK*x128::size)), block ENC_BLOCK. f32 sum in b order, one stochastic rounding with
-// seed + element index + k (spec 7.3). Fast: B coalesced 128-bit loads per thread, no cross-thread traffic.
+// seed[0] + element index + k (spec 7.3). Fast: B coalesced 128-bit loads per thread, no cross-thread traffic.
 extern "C" __global__ void __launch_bounds__(ENC_BLOCK) wpe_backward_kernel(
-        floatX* __restrict__ dwpe, const floatX* __restrict__ dout, int B, int T, int C, unsigned int seed) {
+        floatX* __restrict__ dwpe, const floatX* __restrict__ dout, int B, int T, int C,
+        const unsigned int* __restrict__ seed) {
     const int idx = (blockIdx.x * blockDim.x + threadIdx.x) * x128::size;
     if (idx >= T * C) { return; }
+    const unsigned int s = seed[0];
     float acc[x128::size];
     for (int k = 0; k < x128::size; k++) { acc[k] = 0.0f; }
     for (int b = 0; b < B; b++) {
@@ -60,7 +66,7 @@ extern "C" __global__ void __launch_bounds__(ENC_BLOCK) wpe_backward_kernel(
     }
     x128 g = load128(dwpe + idx);
     for (int k = 0; k < x128::size; k++) {
-        stochastic_rounding(acc[k] + g.get(k), &g[k], seed + (unsigned int)idx + k);
+        stochastic_rounding(acc[k] + g.get(k), &g[k], s + (unsigned int)idx + k);
     }
     store128(dwpe + idx, g);
 }
@@ -68,16 +74,18 @@ extern "C" __global__ void __launch_bounds__(ENC_BLOCK) wpe_backward_kernel(
 // dwte (Vp,C) [token] += sum of dout (B,T,C) over the token's positions, from the host buckets described at the
 // top. Block (bucket, channel group): lane l of every warp owns channels c = (group*32 + l)*x128::size + [0, size);
 // warp w sums items w, w+8, ... of the bucket in f32, warp 0 adds the other warps' sums in warp order and
-// rounds once into dwte with seed + bucket*32 + lane + k. Fast: 8 warps stream a bucket's rows in parallel with
-// 128-bit coalesced loads; buckets are sorted large first so the longest blocks start first.
+// rounds once into dwte with seed[0] + bucket*32 + lane + k. Fast: 8 warps stream a bucket's rows in parallel
+// with 128-bit coalesced loads; buckets are sorted large first so the longest blocks start first, and the empty
+// rows at the end cost one 16-byte load per block.
 extern "C" __global__ void __launch_bounds__(WTE_BLOCK) wte_backward_kernel(
         floatX* __restrict__ dwte, const int4* __restrict__ bucket_info, const int* __restrict__ workload,
-        const floatX* __restrict__ dout, int C, unsigned int seed) {
+        const floatX* __restrict__ dout, int C, const unsigned int* __restrict__ seed) {
     __shared__ float partial[x128::size * WTE_BLOCK];  // [k][thread]: conflict-free for fixed k
     const int bucket = blockIdx.x;
     const int warp = threadIdx.x / WARP_SIZE;
     const int lane = threadIdx.x % WARP_SIZE;
     const int4 info = bucket_info[bucket];  // start, size, token, unused
+    if (info.y == 0) { return; }  // past the batch's buckets: the whole block leaves before any barrier
     const int c = (blockIdx.y * WARP_SIZE + lane) * x128::size;
     const bool active = c < C;  // C need not fill the last channel group
 
@@ -98,8 +106,9 @@ extern "C" __global__ void __launch_bounds__(WTE_BLOCK) wte_backward_kernel(
     }
     floatX* dst = dwte + (size_t)info.z * C + c;
     x128 g = load128(dst);
+    const unsigned int s = seed[0] + (unsigned int)bucket * WARP_SIZE + lane;
     for (int k = 0; k < x128::size; k++) {
-        stochastic_rounding(acc[k] + g.get(k), &g[k], seed + (unsigned int)bucket * WARP_SIZE + lane + k);
+        stochastic_rounding(acc[k] + g.get(k), &g[k], s + k);
     }
     store128(dst, g);
 }

@@ -24,14 +24,15 @@ __device__ __forceinline__ void online_softmax_add(float& maxval, float& sumval,
 }
 
 // logits (BT, P) floatX, columns [0, V) read and then overwritten with dlogits; losses (BT) f32 +=;
-// targets (BT) int32 in [0, V); dloss: every token's loss gradient (llm.c: 1/(B*T*grad_accum_steps)).
+// targets (BT) int32 in [0, V); dloss: f32 [1], every token's loss gradient (llm.c: 1/(B*T*grad_accum_steps)),
+// in device memory like the targets, so a captured step replays with what the host wrote for this batch.
 // One block per row: grid BT, block CLASSIFIER_BLOCK; P % x128::size == 0 (V need not be). Rows are taken from
 // the last one backwards (llm.c does the same: the freshest logits of the preceding GEMM are still in L2).
 // Fast: two passes over the row (statistics, then the write), both with 128-bit loads and stores across 1024
 // threads; the statistics pass is one read thanks to the online max/sum; only thread 0 touches the target.
 extern "C" __global__ void __launch_bounds__(CLASSIFIER_BLOCK) fused_classifier_kernel(
-        floatX* __restrict__ logits, float* __restrict__ losses, float dloss, const int* __restrict__ targets,
-        int BT, int V, int P) {
+        floatX* __restrict__ logits, float* __restrict__ losses, const float* __restrict__ dloss,
+        const int* __restrict__ targets, int BT, int V, int P) {
     __shared__ float red[WARP_SIZE];
     const int row = BT - 1 - blockIdx.x;
     floatX* x = logits + (size_t)row * P;
@@ -54,6 +55,7 @@ extern "C" __global__ void __launch_bounds__(CLASSIFIER_BLOCK) fused_classifier_
     const float inv_sum = 1.0f / block_reduce_sum(sumval, red);
 
     const int target = targets[row];
+    const float d = dloss[0];
     if (threadIdx.x == 0) {
         const float p = expf(to_float(x[target]) - row_max) * inv_sum;
         losses[row] -= logf(p);
@@ -64,12 +66,12 @@ extern "C" __global__ void __launch_bounds__(CLASSIFIER_BLOCK) fused_classifier_
         x128 p = load128cs(x + v0);
         for (int k = 0; k < x128::size; k++) {
             const float prob = expf(p.get(k) - row_max) * inv_sum;
-            p.set(k, (prob - (v0 + k == target ? 1.0f : 0.0f)) * dloss);
+            p.set(k, (prob - (v0 + k == target ? 1.0f : 0.0f)) * d);
         }
         store128(x + v0, p);
     }
     for (int v = full_chunks * x128::size + threadIdx.x; v < V; v += blockDim.x) {
         const float prob = expf(to_float(x[v]) - row_max) * inv_sum;
-        x[v] = to_floatX((prob - (v == target ? 1.0f : 0.0f)) * dloss);
+        x[v] = to_floatX((prob - (v == target ? 1.0f : 0.0f)) * d);
     }
 }

@@ -4,11 +4,14 @@
 // slot array (+=, so several calls, e.g. the ZeRO-1 shard slices of every tensor, accumulate into the same
 // slots), and then a single block adds the slots in a fixed tree and adds the total into out[0]. The value is
 // reproducible for a given grid; the grid is fixed per GPU (llm.c: maxThreadsPerSM * numSMs / 512 blocks).
+// The clip scale is computed here too, from the sum in device memory: the host reads the norm back once per
+// step to print it, but the update never waits for the host to hand the scale back.
 
 #include "common.cuh"
 
 #define NORM_BLOCK 512
 #define NORM_AGGREGATE_BLOCK 1024
+#define CLIP_BLOCK 1
 
 // ----------------------------------------------------------------------------
 // kernels
@@ -42,4 +45,13 @@ extern "C" __global__ void __launch_bounds__(NORM_AGGREGATE_BLOCK) global_norm_a
     for (int i = threadIdx.x; i < num_slots; i += blockDim.x) { acc += slots[i]; }
     const float total = block_reduce_sum(acc, red);
     if (threadIdx.x == 0) { out[0] += total; }
+}
+
+// scale[0] = max_norm / norm if the global norm = sqrt(norm_squared[0]) exceeds max_norm, else 1 (llm.c's
+// clipping). In double, rounded to f32 once: bit for bit the host's float32(max_norm / sqrt(double(sum))).
+// One thread: grid 1, block CLIP_BLOCK. A single scalar: launch cost is all there is.
+extern "C" __global__ void __launch_bounds__(CLIP_BLOCK) grad_clip_scale_kernel(
+        float* __restrict__ scale, const float* __restrict__ norm_squared, float max_norm) {
+    const double norm = sqrt((double)norm_squared[0]);
+    scale[0] = (norm > (double)max_norm) ? (float)((double)max_norm / norm) : 1.0f;
 }

@@ -15,6 +15,9 @@ parameters this measured about 10x faster than whole-array passes (0.8-1.0 s aga
 Both functions take llm.c's sliced layout (num_slices slices of n elements, params/grads slice y at y*w_stride,
 m/v/master at y*s_stride): one call per parameter tensor, its layers as slices. On the GPU that is one launch
 (kernels_cu/adamw.cu) whose grid (ceil(n/512), num_slices) fixes the stochastic-rounding noise of every element.
+The values that change from step to step arrive in small arrays, not as numbers: `hyper` (learning rate, weight
+decay, the bias corrections of step t; `adamw_hyper` fills it), `grad_scale` and `seed`. On the GPU they are device
+memory the kernel reads, so an update captured once as a CUDA graph sees each step's values when replayed.
 """
 import math
 
@@ -23,6 +26,9 @@ import numpy as np
 from llmc_py.cuda import NULL, launch, on_device, precision_of
 
 ADAMW_BLOCK = 512  # kernels_cu/adamw.cu: part of the result (the rounding noise depends on the thread mapping)
+# hyper[]: kernels_cu/adamw.cu's HYPER_* indices
+HYPER_LR, HYPER_WEIGHT_DECAY, HYPER_BETA1_CORRECTION, HYPER_BETA2_CORRECTION = range(4)
+HYPER_SIZE = 4
 
 _BLOCK = 1 << 14  # elements per block: 64 KiB per float32 temporary
 
@@ -65,34 +71,48 @@ def _adamw_block(params, grads, m, v, master, lr, beta1, beta2, eps, weight_deca
         np.copyto(params, master)
 
 
-def adamw_update(params, grads, m, v, master, lr, beta1, beta2, eps, weight_decay, grad_scale, t, seed,
+def adamw_hyper(out, learning_rate, weight_decay, t, beta1, beta2):
+    """Fills out (float32, HYPER_SIZE) with one update's values: learning rate, weight decay and the bias
+    corrections 1 - beta^t of step t = step + 1 (powf in float32 on the host, as llm.c). Returns out."""
+    f32 = np.float32
+    out[HYPER_LR] = f32(learning_rate)
+    out[HYPER_WEIGHT_DECAY] = f32(weight_decay)
+    out[HYPER_BETA1_CORRECTION] = f32(1.0) - f32(beta1) ** f32(t)
+    out[HYPER_BETA2_CORRECTION] = f32(1.0) - f32(beta2) ** f32(t)
+    return out
+
+
+def adamw_update(params, grads, m, v, master, hyper, grad_scale, seed, beta1, beta2, eps, decay,
                  n=None, num_slices=1, w_stride=0, s_stride=0):
-    """One AdamW step, t = step + 1 (1-based). params, grads, m, v, master: flat float32 arrays of one
-    length; master may be None (then params hold the float32 values being updated). seed: unused on CPU.
+    """One AdamW step. params, grads, m, v, master: flat float32 arrays of one length; master may be None
+    (then params hold the float32 values being updated). hyper: float32 (HYPER_SIZE,) from adamw_hyper;
+    grad_scale: float32 (1,); seed: uint32 (1,), unused on the CPU; decay: whether this tensor takes the
+    weight decay in hyper.
 
     With n given: num_slices slices of n elements, params and grads slice y at y*w_stride, m, v and master
     at y*s_stride (the flat arrays cover the last slice's end)."""
     if on_device(params):
-        return _adamw_gpu(params, grads, m, v, master, lr, beta1, beta2, eps, weight_decay, grad_scale, t, seed,
+        return _adamw_gpu(params, grads, m, v, master, hyper, grad_scale, seed, beta1, beta2, eps, decay,
                           params.size if n is None else n, num_slices, w_stride, s_stride)
     if n is not None:
         for y in range(num_slices):
             w, s = slice(y * w_stride, y * w_stride + n), slice(y * s_stride, y * s_stride + n)
-            adamw_update(params[w], grads[w], m[s], v[s], None if master is None else master[s], lr, beta1, beta2,
-                         eps, weight_decay, grad_scale, t, seed)
+            adamw_update(params[w], grads[w], m[s], v[s], None if master is None else master[s], hyper, grad_scale,
+                         seed, beta1, beta2, eps, decay)
         return
     f32 = np.float32
-    lr, beta1, beta2, eps = f32(lr), f32(beta1), f32(beta2), f32(eps)
-    weight_decay, grad_scale = f32(weight_decay), f32(grad_scale)
-    beta1_correction = f32(1.0) - beta1 ** f32(t)  # powf in f32, as llm.c does on the host
-    beta2_correction = f32(1.0) - beta2 ** f32(t)
+    beta1, beta2, eps = f32(beta1), f32(beta2), f32(eps)
+    lr = f32(hyper[HYPER_LR])
+    weight_decay = f32(hyper[HYPER_WEIGHT_DECAY]) if decay else f32(0.0)
+    beta1_correction, beta2_correction = f32(hyper[HYPER_BETA1_CORRECTION]), f32(hyper[HYPER_BETA2_CORRECTION])
+    scale = f32(grad_scale[0])
     n = params.shape[0]
     for a in (grads, m, v) + (() if master is None else (master,)):
         assert a.shape == (n,), "adamw_update: all buffers must be flat and of one length"
     for start in range(0, n, _BLOCK):  # blocks of the flat buffers, each one fully vectorized
         s = slice(start, start + _BLOCK)
         _adamw_block(params[s], grads[s], m[s], v[s], None if master is None else master[s], lr, beta1,
-                     beta2, eps, weight_decay, grad_scale, beta1_correction, beta2_correction)
+                     beta2, eps, weight_decay, scale, beta1_correction, beta2_correction)
 
 
 def init_from_master(params, master, seed, n=None, num_slices=1, w_stride=0, s_stride=0):
@@ -112,12 +132,10 @@ def init_from_master(params, master, seed, n=None, num_slices=1, w_stride=0, s_s
 # launcher (kernels_cu/adamw.cu)
 
 
-def _adamw_gpu(params, grads, m, v, master, lr, beta1, beta2, eps, weight_decay, grad_scale, t, seed, n,
-               num_slices, w_stride, s_stride):
+def _adamw_gpu(params, grads, m, v, master, hyper, grad_scale, seed, beta1, beta2, eps, decay, n, num_slices,
+               w_stride, s_stride):
     f32 = np.float32
-    beta1_correction = f32(1.0) - f32(beta1) ** f32(t)  # powf in f32 on the host, as the NumPy path
-    beta2_correction = f32(1.0) - f32(beta2) ** f32(t)
     launch("adamw", "adamw_kernel", (math.ceil(n / ADAMW_BLOCK), num_slices), (ADAMW_BLOCK,),
            (params, NULL if master is None else master, grads, m, v, np.uint64(n), np.int64(w_stride),
-            np.int64(s_stride), f32(lr), f32(beta1), f32(beta2), beta1_correction, beta2_correction, f32(eps),
-            f32(weight_decay), f32(grad_scale), np.uint32(seed)), precision_of(params))
+            np.int64(s_stride), hyper, grad_scale, seed, f32(beta1), f32(beta2), f32(eps), np.int32(bool(decay))),
+           precision_of(params))

@@ -9,10 +9,12 @@ headers a kernel includes, so the options carry a digest of kernels_cu/*.cuh: ed
 CuPy is imported only inside the functions that need it, never when this module is imported.
 
 The second half is the device side every launcher shares: `require_device` (one clear line when no GPU
-answers), `init_device` (the GPU, its properties and one stream made current, which every launch, cuBLAS call,
-copy and NCCL call then runs on), floatX storage (bf16 lives in uint16 arrays: CuPy has no bfloat16 dtype; the
-host converts with ml_dtypes, round to nearest even), `launch` (kernels loaded once per (file, precision)), and
-a step timer that uses CUDA events on the GPU and the wall clock on the CPU. Before the first device call,
+answers), `init_device` (the GPU, its properties and one non-blocking stream made current, which every launch,
+cuBLAS call, copy and NCCL call then runs on, and which CUDA graphs are captured on), floatX storage (bf16 lives
+in uint16 arrays: CuPy has no bfloat16 dtype; the host converts with ml_dtypes, round to nearest even), `launch`
+(kernels loaded once per (file, precision)), `zero` (a memset), `Staging` (what the host writes for the device
+each step: pinned host memory copied over asynchronously), `capture` (a CUDA graph of some device work), and a
+step timer that uses CUDA events on the GPU and the wall clock on the CPU. Before the first device call,
 `require_device` also compares the installed CUDA packages with the driver: one built for a newer CUDA major than
 the driver supports (cupy-cuda13x or cuda-bindings 13 on a CUDA 12 driver) fails at its first call, so it stops
 with a line naming the package to change; `versions_line` is the start-up line naming the stack in use.
@@ -234,6 +236,15 @@ def host_floatx(values, precision):
     return np.ascontiguousarray(values).view(np.uint16)
 
 
+def zero(array):
+    """array[...] = 0 for a C-contiguous array: a memset on the current stream for a device array (no kernel,
+    capturable), fill for a NumPy one."""
+    if on_device(array):
+        array.data.memset_async(0, array.nbytes)
+    else:
+        array.fill(0)
+
+
 def to_host(array):
     """A float32 (or int) numpy copy of a device array; bf16 bits (uint16) are widened exactly. A numpy
     array is returned as it is."""
@@ -382,8 +393,9 @@ _devices = {}
 
 
 def init_device(index=0, what="--device cuda", hint="; use --device cpu"):
-    """Makes GPU `index` current with one stream of ours (a blocking stream: ordered with anything that still
-    runs on the legacy default stream) as the current stream, and returns its DeviceInfo. Idempotent."""
+    """Makes GPU `index` current with one stream of ours as the current stream, and returns its DeviceInfo.
+    Idempotent. The stream is non-blocking: the legacy default stream never synchronizes with it, so nothing
+    outside our control can break a CUDA graph capture on it (CUDA refuses capture on the legacy stream)."""
     require_device(what, hint)
     import cupy
 
@@ -399,7 +411,7 @@ def init_device(index=0, what="--device cuda", hint="; use --device cpu"):
                           max_threads_per_sm=int(props["maxThreadsPerMultiProcessor"]),
                           compute_capability=f"{props['major']}{props['minor']}",
                           total_memory=int(props["totalGlobalMem"]))
-        _devices[index] = (info, cupy.cuda.Stream(non_blocking=False))
+        _devices[index] = (info, cupy.cuda.Stream(non_blocking=True))
     info, stream = _devices[index]
     stream.use()
     return info
@@ -421,6 +433,77 @@ def memory_usage():
 
     free, total = cupy.cuda.runtime.memGetInfo()
     return (total - free) >> 20, total >> 20
+
+
+class Staging:
+    """What the host writes for the device work of a step (token ids, per-step scalars, seeds): one device buffer
+    laid out as `layout` ({name: (byte offset, dtype, count)}, `nbytes` in all) with typed views `device[name]`,
+    and two pinned host copies of it that take turns. `host()` hands out the typed views of the current host copy,
+    first waiting (an event) until that copy's previous transfer has run; `send(names)` copies the span of those
+    entries (adjacent in the layout) to the device asynchronously on the current stream, ordered before whatever
+    the stream runs next, a replayed CUDA graph included, and hands the next turn to the other host copy, so the
+    host fills one while the GPU may still read the other. Without a GPU the host views are the buffers the
+    NumPy ops read and send() only checks its names."""
+
+    def __init__(self, layout, nbytes, gpu):
+        self.layout = dict(layout)
+        self._order = list(self.layout)
+        self._turn = 0
+        nbytes = max(int(nbytes), 1)
+        if gpu:
+            import cupy
+            import cupyx
+            self._device = cupy.empty(nbytes, dtype=cupy.uint8)
+            self._hosts = [cupyx.empty_pinned(nbytes, dtype=np.uint8) for _ in range(2)]
+            self._events = [cupy.cuda.Event(disable_timing=True) for _ in range(2)]
+        else:
+            self._device = np.zeros(nbytes, dtype=np.uint8)
+            self._hosts, self._events = [self._device], [None]
+        self.device = self._views(self._device)
+        self._host_views = [self._views(h) for h in self._hosts]
+        self._sent = [False] * len(self._hosts)
+
+    def _views(self, buf):
+        return {name: buf[off:off + n * dt.itemsize].view(dt) for name, (off, dt, n) in self.layout.items()}
+
+    def host(self):
+        """{name: host view} of the copy to fill now."""
+        if self._sent[self._turn]:
+            self._events[self._turn].synchronize()  # its last transfer has left the host memory
+            self._sent[self._turn] = False
+        return self._host_views[self._turn]
+
+    def send(self, names):
+        """Copies entries `names` (adjacent in the layout, all written through host()) to the device."""
+        idx = sorted(self._order.index(name) for name in names)
+        if idx != list(range(idx[0], idx[-1] + 1)):
+            raise ValueError(f"staging: {names} are not adjacent in the layout {self._order}")
+        if self._events[0] is None:
+            return
+        first, last = self.layout[self._order[idx[0]]], self.layout[self._order[idx[-1]]]
+        start, end = first[0], last[0] + last[2] * last[1].itemsize
+        host = self._hosts[self._turn]
+        self._device[start:end].data.copy_from_host_async(host.ctypes.data + start, end - start)
+        self._events[self._turn].record()
+        self._sent[self._turn] = True
+        self._turn ^= 1
+
+
+def capture(work):
+    """Runs work() under stream capture on the current stream and returns the CUDA graph it recorded, uploaded
+    and ready to launch(). Capture records, it does not run: the work happens at each launch. Nothing in work()
+    may allocate, synchronize or read back, and every kernel argument is frozen into the graph, so whatever
+    changes between launches must be read by the kernels from device memory."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    stream.begin_capture()
+    try:
+        work()
+    finally:
+        graph = stream.end_capture()  # also when work() raised: the stream must leave capture mode
+    graph.upload(stream)
+    return graph
 
 
 class StepTimer:

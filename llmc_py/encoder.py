@@ -6,9 +6,11 @@ then one += into the grad). In NumPy that is a stable sort of the ids and `np.ad
 measured on (4,64,768) with Vp=50304: 1.0 ms against 1.7 ms for `np.add.at` with ids drawn from 300
 values, 1.7 ms each with all-distinct ids; `np.add.at` would also round after every occurrence instead of
 once. dwte and dwpe accumulate (+=); `out` is overwritten.
-On the GPU (kernels_cu/encoder.cu) the same grouping is a table built on the host from the token ids each
-backward (`wte_buckets`) and copied into preallocated device buffers: one block per (token, channel group) owns
-its slice of dwte, so no atomics touch values, and both grads are rounded once (stochastically in bf16, `seed`).
+On the GPU (kernels_cu/encoder.cu) the same grouping is a table the host writes from the token ids before each
+backward (`write_wte_buckets`) and copies into device buffers with the ids: one block per (token, channel group)
+owns its slice of dwte, so no atomics touch values, and both grads are rounded once (stochastically in bf16, with
+the seed in device memory). The table has a fixed number of rows, min(B*T, Vp), so the launch is the same for
+every batch and a backward captured as a CUDA graph replays for any ids.
 """
 import math
 
@@ -32,13 +34,14 @@ def encoder_forward(out, inp, wte, wpe):
     out += wpe[:T]
 
 
-def encoder_backward(dwte, dwpe, dout, inp, seed=0, bucket_info=None, workload=None):
+def encoder_backward(dwte, dwpe, dout, inp, seed=None, bucket_info=None, workload=None):
     """dwte[tok] += sum of dout over the occurrences of tok; dwpe[:T] += dout summed over B.
 
-    GPU only: inp may stay on the host (the bucket table is built there), seed (u32) drives the stochastic
-    rounding, bucket_info and workload are int32 device buffers of at least 4*B*T and B*T elements."""
+    GPU only: the token grouping comes from bucket_info (rows, 4) and workload (>= B*T,), int32 device buffers
+    written by write_wte_buckets from the ids (inp is not read there), and seed, a uint32 (1,) device buffer,
+    drives the stochastic rounding."""
     if on_device(dwte):
-        return _encoder_backward_gpu(dwte, dwpe, dout, inp, seed, bucket_info, workload)
+        return _encoder_backward_gpu(dwte, dwpe, dout, seed, bucket_info, workload)
     B, T, C = dout.shape
     dwpe[:T] += dout.sum(axis=0)
     tokens = inp.reshape(-1)
@@ -61,6 +64,21 @@ def wte_buckets(inp):
     info[:, 0], info[:, 1], info[:, 2] = start[by], size[by], uniq[by]
     return info, order.astype(np.int32)
 
+
+def wte_bucket_rows(BT, Vp):
+    """Rows of the bucket table for batches of up to BT tokens: the most distinct tokens such a batch holds."""
+    return min(BT, Vp)
+
+
+def write_wte_buckets(bucket_info, workload, inp):
+    """Writes the tables of the ids inp (B,T) into host arrays: bucket_info int32 (rows*4,) with its rows past the
+    batch's buckets zeroed, workload int32 (>= B*T,)."""
+    info, order = wte_buckets(inp)
+    table = bucket_info.reshape(-1, 4)
+    table[:len(info)] = info
+    table[len(info):] = 0
+    workload[:order.size] = order
+
 # ----------------------------------------------------------------------------
 # launchers (kernels_cu/encoder.cu)
 
@@ -75,21 +93,14 @@ def _encoder_forward_gpu(out, inp, wte, wpe):
            (out, inp, wte, wpe, np.int32(B), np.int32(T), np.int32(C)), p)
 
 
-def _encoder_backward_gpu(dwte, dwpe, dout, inp, seed, bucket_info, workload):
+def _encoder_backward_gpu(dwte, dwpe, dout, seed, bucket_info, workload):
     B, T, C = dout.shape
     p = precision_of(dwte)
     X = x128_size(p)
     assert C % X == 0, f"encoder: C={C} must be a multiple of {X}"
-    if bucket_info is None or workload is None:
-        raise ValueError("encoder_backward on the GPU needs the bucket_info and workload buffers")
-    ids = inp.get() if on_device(inp) else inp
-    info, order = wte_buckets(ids)
-    nb = len(info)
-    table, positions = bucket_info[:4 * nb], workload[:B * T]
-    table.set(info.reshape(-1))
-    positions.set(order)
-    seed = np.uint32(seed)
+    if seed is None or bucket_info is None or workload is None:
+        raise ValueError("encoder_backward on the GPU needs the seed, bucket_info and workload device buffers")
     launch("encoder", "wpe_backward_kernel", (math.ceil(T * C / (ENC_BLOCK * X)),), (ENC_BLOCK,),
            (dwpe, dout, np.int32(B), np.int32(T), np.int32(C), seed), p)
-    launch("encoder", "wte_backward_kernel", (nb, math.ceil(C / (32 * X))), (WTE_BLOCK,),
-           (dwte, table, positions, dout, np.int32(C), seed), p)
+    launch("encoder", "wte_backward_kernel", (bucket_info.size // 4, math.ceil(C / (32 * X))), (WTE_BLOCK,),
+           (dwte, bucket_info, workload, dout, np.int32(C), seed), p)

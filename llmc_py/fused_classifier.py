@@ -6,7 +6,8 @@ written, and the padded columns V..Vp-1 are left exactly as they were. The loss 
 the per-token buffer because gradient accumulation adds micro steps into it. As in llm.c the softmax is
 max-subtracted, the reciprocal of the sum is taken once, and the loss is -log(p_target) of that same p
 (a p_target that underflows to 0 gives an infinite loss, as in llm.c).
-On the GPU (kernels_cu/fused_classifier.cu) one 1024-thread block handles one row, in floatX.
+On the GPU (kernels_cu/fused_classifier.cu) one 1024-thread block handles one row, in floatX. `dloss` is a
+1-element array (device memory on the GPU, where the kernel reads it), written with the targets before the launch.
 """
 import numpy as np
 
@@ -20,8 +21,8 @@ CLASSIFIER_BLOCK = 1024  # kernels_cu/fused_classifier.cu
 
 def fused_classifier(logits, losses, dloss, targets, V):
     """logits (B,T,Vp) float32, read then overwritten over [..., :V] with dlogits; losses (B,T) += -log p_target;
-    dloss: the scalar gradient seed of every token's loss (llm.c: 1/(B*T*grad_accum_steps)); targets int (B,T)
-    (on the GPU the int32 device copy)."""
+    dloss: float32 (1,), the gradient seed of every token's loss (llm.c: 1/(B*T*grad_accum_steps)); targets int
+    (B,T); on the GPU dloss and targets are device buffers."""
     if on_device(logits):
         return _fused_classifier_gpu(logits, losses, dloss, targets, V)
     x = logits[..., :V]  # a view: every write below lands in logits
@@ -33,7 +34,7 @@ def fused_classifier(logits, losses, dloss, targets, V):
     with np.errstate(divide="ignore"):
         losses -= np.log(p_target)
     np.put_along_axis(x, idx, p_target[..., None] - 1.0, axis=-1)
-    x *= np.float32(dloss)
+    x *= np.float32(dloss[0])
 
 # ----------------------------------------------------------------------------
 # launcher (kernels_cu/fused_classifier.cu)
@@ -43,5 +44,5 @@ def _fused_classifier_gpu(logits, losses, dloss, targets, V):
     P = logits.shape[-1]
     BT = logits.size // P
     launch("fused_classifier", "fused_classifier_kernel", (BT,), (CLASSIFIER_BLOCK,),
-           (logits, losses, np.float32(dloss), targets, np.int32(BT), np.int32(V), np.int32(P)),
+           (logits, losses, dloss, targets, np.int32(BT), np.int32(V), np.int32(P)),
            precision_of(logits))

@@ -7,13 +7,16 @@ llm.c sums in float32 with a grid-dependent tree, so its value is the oracle's u
 of its partial sums.
 On the GPU (kernels_cu/global_norm.cu) a fixed grid writes one f32 partial per block into `slots`, and one
 block adds the slots in a fixed tree into out[0]: deterministic for a given GPU. `global_sum` reuses that last
-kernel for llm.c's deterministic sum of the per-token losses.
+kernel for llm.c's deterministic sum of the per-token losses. `grad_clip_scale` turns the sum into llm.c's clip
+scale where the sum lives (on the device for the GPU), so the update reads it without a trip through the host.
 """
+import math
+
 import numpy as np
 
-from llmc_py.cuda import device_info, launch, on_device, precision_of
+from llmc_py.cuda import device_info, launch, on_device, precision_of, zero
 
-NORM_BLOCK, NORM_AGGREGATE_BLOCK = 512, 1024  # kernels_cu/global_norm.cu
+NORM_BLOCK, NORM_AGGREGATE_BLOCK, CLIP_BLOCK = 512, 1024, 1  # kernels_cu/global_norm.cu
 
 _CHUNK = 1 << 13  # a 64 KiB float64 copy at a time: cache-sized, and measured 2-5x faster than 1M-element chunks
 
@@ -50,6 +53,18 @@ def global_sum(out, values, precision="fp32"):
         return
     out[0] += values.sum(dtype=np.float32)
 
+
+def grad_clip_scale(scale, norm_squared, max_norm, precision="fp32"):
+    """scale[0] = max_norm / sqrt(norm_squared[0]) when that norm exceeds max_norm, else 1 (llm.c's clipping),
+    computed in float64 and rounded to float32 once; 1-element float32 arrays (device buffers on the GPU, where
+    precision picks the compiled kernel module)."""
+    if on_device(scale):
+        launch("global_norm", "grad_clip_scale_kernel", (1,), (CLIP_BLOCK,),
+               (scale, norm_squared, np.float32(max_norm)), precision)
+        return
+    max_norm, norm = float(np.float32(max_norm)), math.sqrt(float(norm_squared[0]))
+    scale[0] = np.float32(max_norm / norm) if norm > max_norm else np.float32(1.0)
+
 # ----------------------------------------------------------------------------
 # launchers (kernels_cu/global_norm.cu)
 
@@ -74,7 +89,7 @@ def _global_norm_squared_gpu(out, values, slots, n, num_slices, stride):
     if num_slices > 1 and values.size < (num_slices - 1) * stride + n:
         raise ValueError(f"global_norm_squared: {num_slices} slices of {n} every {stride} exceed {values.size}")
     slots = slots[:used]
-    slots.fill(0)  # the kernel adds into its slot
+    zero(slots)  # the kernel adds into its slot
     launch("global_norm", "global_norm_squared_kernel", (gx, num_slices), (NORM_BLOCK,),
            (slots, values, np.uint64(n), np.int64(stride)), p)
     launch("global_norm", "global_norm_aggregate_kernel", (1,), (NORM_AGGREGATE_BLOCK,),

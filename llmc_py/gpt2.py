@@ -10,9 +10,16 @@ scratch, fch[l] holds dq/dk/dv and atty[l] the permuted dout. Recompute (-r 1: G
 layernorms) trades those activations for work.
 One code path serves both devices: `xp` is numpy (--device cpu, float32) or cupy (--device cuda, floatX =
 bf16 stored as uint16, or fp32), and each op picks its implementation from the array type. The GPU adds a
-few buffers the NumPy ops do not need (token ids on the device, the encoder backward's bucket tables, an f32
-scratch for the deterministic reductions) and allocates m, v and master at start-up instead of at the first
-update; the loss and the grad norm come back to the host once per step.
+few buffers the NumPy ops do not need (an f32 scratch for the deterministic reductions, the grad-norm slots)
+and allocates m, v and master at start-up instead of at the first update.
+A step is split so that it can be captured once as a CUDA graph and replayed (llmc_py.step): `stage`,
+`stage_update` are the host's part: they write everything that changes from step to step (token ids, targets,
+the loss scale, the encoder backward's bucket tables and rounding seed, learning rate, bias corrections, AdamW's
+seeds) into `staging`, copied to the device asynchronously; `launch_forward`, `launch_backward`,
+`launch_grad_norm` and `launch_update` are the device's part: they only launch work that reads those buffers,
+and allocate, synchronize and read back nothing. The grad norm and the clip scale stay on the device, and the
+loss and the norm come back to the host together (`read_step`). forward, backward, grad_norm_squared, update
+and validate are the same two parts run back to back, eagerly.
 With several processes (`comm`, llmc_py.zero) the last micro step averages each layer's gradients right
 after that layer's backward (all-reduce, or with ZeRO-1 reduce-scatter into the owned parts), and ZeRO-1
 all-gathers the parameters after the update; with one process those calls do nothing.
@@ -24,17 +31,17 @@ import numpy as np
 
 from llmc_py import LlmcError
 from llmc_py import blas, cuda
-from llmc_py.adamw import adamw_update, init_from_master
+from llmc_py.adamw import HYPER_SIZE, adamw_hyper, adamw_update, init_from_master
 from llmc_py.attention import attention_backward, attention_forward
 from llmc_py.cast import cast_floatx_to_f32
 from llmc_py.checkpoint import (MODEL_VERSION_BF16, MODEL_VERSION_FP32, STATE_MAGIC, STATE_VERSION, TrainingState,
                                 read_model, read_state, write_model, write_state)
 from llmc_py.config import DECAYED, LAYERED, config_from_descriptor
-from llmc_py.encoder import encoder_backward, encoder_forward
+from llmc_py.encoder import encoder_backward, encoder_forward, wte_bucket_rows, write_wte_buckets
 from llmc_py.fileio import read_header
 from llmc_py.fused_classifier import fused_classifier
 from llmc_py.gelu import gelu_forward
-from llmc_py.global_norm import global_norm_squared, global_sum, norm_slots
+from llmc_py.global_norm import global_norm_squared, global_sum, grad_clip_scale, norm_slots
 from llmc_py.layernorm import backward_scratch_floats, fused_residual_forward, layernorm_backward, layernorm_forward
 from llmc_py.matmul import bias_scratch_floats, fp16_scratch_elements, matmul_backward, matmul_forward
 from llmc_py.rand import gpt2_random_init, random_u32
@@ -46,6 +53,7 @@ BETA1, BETA2, EPS = 0.9, 0.95, 1e-8
 # the encoder backward (wte, wpe, lnfw, lnfb), as llm.c's gpt2_backward_and_reduce
 LAYER_GRADS = LAYERED
 REST_GRADS = (0, 1, 14, 15)
+GRAD_CLIP = 1.0  # llm.c's global-norm clipping threshold
 DEVICES = ("cpu", "cuda")
 MATMUL_VARIANTS = ("cublas", "custom", "fp16fc")
 ARENA_ALIGN = 256  # bytes: every activation view starts 256-byte aligned (cuBLAS and 128-bit loads want 16)
@@ -127,6 +135,7 @@ class GPT2:
         self.scalars = self.xp.zeros(2, dtype=np.float32)  # [grad norm squared, loss sum], read back per step
         self.acts = None
         self.bufs = {}                         # GPU-only buffers in the same allocation as the activations
+        self.staging = None                    # host-written inputs of the device work (cuda.Staging)
         self._view_cache = {}                  # (name, layer, shape) -> activation view, per allocation
         self.arena_bytes = 0
         self.B = self.T = 0
@@ -178,8 +187,8 @@ class GPT2:
 
     def allocate(self, B, T):
         """Plans and allocates every activation for batches up to (B, T) in one allocation, llm.c's table of
-        10.6, memset to 0 once; on the GPU also its own buffers and the optimizer state. Returns the element
-        counts of the 21 activation tensors."""
+        10.6, memset to 0 once, and the staging buffers; on the GPU also its own buffers and the optimizer state.
+        Returns the element counts of the 21 activation tensors."""
         c = self.config
         if T > c.max_seq_len:
             raise LlmcError(f"-t {T}: the sequence length must be at most the model's max_seq_len {c.max_seq_len}")
@@ -200,6 +209,7 @@ class GPT2:
         views = {name: arena[off:off + n * dt.itemsize].view(dt) for name, (off, dt, n) in layout.items()}
         self.acts = {name: views[name] for name in sizes}
         self.bufs = {name: views[name] for name, _, _ in extras}
+        self.staging = cuda.Staging(*plan_arena(self._staging_entries(B, T)), self.gpu)
         self._view_cache = {}
         self.arena_bytes = total
         self.B, self.T = B, T
@@ -214,18 +224,29 @@ class GPT2:
         return sizes
 
     def _extra_buffers(self, B, T):
-        """The GPU-only buffers: token ids, the wte-backward tables, the f32 scratch of the deterministic
-        reductions (layernorm and bias backward), the grad-norm slots, and --matmul fp16fc's fp16 operands."""
+        """The GPU-only buffers: the f32 scratch of the deterministic reductions (layernorm and bias backward),
+        the grad-norm slots, and --matmul fp16fc's fp16 operands."""
         c, info = self.config, self.device_info
         L, C, BT = c.num_layers, c.channels, B * T
         scratch = max([backward_scratch_floats(C, info.num_sms)] +
                       [bias_scratch_floats(BT, OC, self.precision, info.num_sms) for OC in (C, 3 * C, 4 * C)])
-        extras = [("inputs", np.int32, BT), ("targets", np.int32, BT), ("bucket_info", np.int32, 4 * BT),
-                  ("workload", np.int32, BT), ("scratch_f32", np.float32, scratch),
-                  ("norm_slots", np.float32, norm_slots(L, info))]
+        extras = [("scratch_f32", np.float32, scratch), ("norm_slots", np.float32, norm_slots(L, info))]
         if self.matmul == "fp16fc":
             extras.append(("fp16", np.uint16, fp16_scratch_elements(BT, C, 4 * C)))
         return extras
+
+    def _staging_entries(self, B, T):
+        """What the host writes for the device, in the order stage() and stage_update() send it: a micro step's
+        ids, targets, loss scale, encoder seed (and on the GPU the wte-backward tables), then the update's clip
+        scale (when the host gives one), AdamW values and one seed per parameter tensor."""
+        BT = B * T
+        entries = [("inputs", np.int32, BT), ("targets", np.int32, BT), ("dloss", np.float32, 1),
+                   ("encoder_seed", np.uint32, 1)]
+        if self.gpu:
+            rows = wte_bucket_rows(BT, self.config.padded_vocab_size)
+            entries += [("bucket_info", np.int32, 4 * rows), ("workload", np.int32, BT)]
+        return entries + [("grad_scale", np.float32, 1), ("hyper", np.float32, HYPER_SIZE),
+                          ("seeds", np.uint32, len(self.param_views))]
 
     def memory_report(self):
         """llm.c's start-up lines: MiB per buffer group (and the device's memory use on the GPU)."""
@@ -263,14 +284,63 @@ class GPT2:
         C4 = 4 * self.config.channels
         return self._layer("fch_gelu", layer if self.recompute == 0 else 0, B, T, C4)
 
-    def _tokens(self, name, ids):
-        """The ids as the ops take them: the host array on the CPU, its copy in the device buffer on the GPU."""
-        if not self.gpu:
-            return ids
-        B, T = ids.shape
-        buf = self.bufs[name][:B * T]
-        buf.set(np.ascontiguousarray(ids, dtype=np.int32).reshape(-1))
-        return buf.reshape(B, T)
+    def _staged(self, name, *shape):
+        """The device view of a staged entry, shaped for the current call (made once per shape)."""
+        key = ("staged", name, shape)
+        view = self._view_cache.get(key)
+        if view is None:
+            view = self._view_cache[key] = self.staging.device[name][:math.prod(shape)].reshape(shape)
+        return view
+
+    # ------------------------------------------------------------------
+    # staging: the host's part of a step
+
+    def stage(self, inputs, targets=None, dloss=None, backward=False):
+        """Writes a batch for the device work that follows: the ids (B,T); with targets also the targets and
+        dloss, every token's loss gradient; with backward also the encoder backward's stochastic-rounding seed
+        (drawn from the rng, one per backward as llm.c draws it) and on the GPU the wte-backward bucket tables."""
+        c = self.config
+        B, T = inputs.shape
+        if self.acts is None or B > self.B or T > self.T:
+            raise LlmcError(f"forward: batch ({B}, {T}) exceeds the allocated ({self.B}, {self.T})")
+        if inputs.min() < 0 or inputs.max() >= c.vocab_size:
+            raise LlmcError(f"forward: token ids must lie in [0, {c.vocab_size}), found "
+                            f"{int(inputs.min())}..{int(inputs.max())}")
+        host = self.staging.host()
+        host["inputs"][:B * T] = inputs.reshape(-1)
+        names = ["inputs"]
+        if targets is not None:
+            host["targets"][:B * T] = targets.reshape(-1)
+            host["dloss"][0] = dloss
+            names += ["targets", "dloss"]
+        if backward:
+            seed, self.rng_state = random_u32(self.rng_state)
+            host["encoder_seed"][0] = seed
+            names.append("encoder_seed")
+            if self.gpu:
+                write_wte_buckets(host["bucket_info"], host["workload"], inputs)
+                names += ["bucket_info", "workload"]
+        self.staging.send(names)
+
+    def stage_update(self, learning_rate, weight_decay, grad_scale, t):
+        """Writes an update for the device work that follows: learning rate, weight decay and the bias corrections
+        of t = step + 1, one stochastic-rounding seed per parameter tensor (drawn from the rng as llm.c draws
+        them), and grad_scale when given; None keeps the clip scale launch_grad_norm computed on the device."""
+        self.rng_state_last_update = self.rng_state
+        host = self.staging.host()
+        adamw_hyper(host["hyper"], learning_rate, weight_decay, t, BETA1, BETA2)
+        host["seeds"][:] = self._draw_seeds()
+        names = ["hyper", "seeds"]
+        if grad_scale is not None:
+            host["grad_scale"][0] = grad_scale
+            names.insert(0, "grad_scale")
+        self.staging.send(names)
+
+    def read_step(self):
+        """The one readback of a training step: (sum of the per-token losses averaged over the processes, grad
+        norm squared), as launch_backward's last micro step and launch_grad_norm left them."""
+        values = self.host(self.scalars)
+        return float(values[1]), float(values[0])
 
     def _variant(self, fc=False):
         """The forward matmul variant (fp32 GPU only): our kernel everywhere, or fp16 operands for the fc layer."""
@@ -284,18 +354,17 @@ class GPT2:
     def forward(self, inputs):
         """inputs int32 (B, T) on the host, with B, T up to the allocated sizes; logits land in the `output`
         buffer (on the device for the GPU: see host())."""
+        self.stage(inputs)
+        return self.launch_forward(*inputs.shape)
+
+    def launch_forward(self, B, T):
+        """The forward of the staged ids (B, T); returns the logits view."""
         c = self.config
-        B, T = inputs.shape
-        if self.acts is None or B > self.B or T > self.T:
-            raise LlmcError(f"forward: batch ({B}, {T}) exceeds the allocated ({self.B}, {self.T})")
-        if inputs.min() < 0 or inputs.max() >= c.vocab_size:
-            raise LlmcError(f"forward: token ids must lie in [0, {c.vocab_size}), found "
-                            f"{int(inputs.min())}..{int(inputs.max())}")
         L, C, NH = c.num_layers, c.channels, c.num_heads
         p = self._p
         variant = self._variant()
         encoded = self._act("encoded", B, T, C)
-        encoder_forward(encoded, self._tokens("inputs", inputs), p[0], p[1])
+        encoder_forward(encoded, self._staged("inputs", B, T), p[0], p[1])
         layernorm_forward(self._ln_out("ln1", 0, B, T), self._layer("ln1_mean", 0, B, T),
                           self._layer("ln1_rstd", 0, B, T), encoded, p[2][0], p[3][0])
         for l in range(L):
@@ -337,11 +406,12 @@ class GPT2:
         """Mean loss of one batch; like llm.c the logits are overwritten with dlogits on the way, and the
         per-token losses are summed on the host in float32."""
         B, T = inputs.shape
-        self.forward(inputs)
+        self.stage(inputs, targets, 1.0 / (B * T))
+        self.launch_forward(B, T)
         losses = self._act("losses", B, T)
-        losses.fill(0.0)
-        fused_classifier(self._act("output", B, T, self.config.padded_vocab_size), losses, 1.0 / (B * T),
-                         self._tokens("targets", targets), self.config.vocab_size)
+        cuda.zero(losses)
+        fused_classifier(self._act("output", B, T, self.config.padded_vocab_size), losses, self._staged("dloss", 1),
+                         self._staged("targets", B, T), self.config.vocab_size)
         return float(np.float32(self.host(losses).sum(dtype=np.float32)) / np.float32(B * T))
 
     # ------------------------------------------------------------------
@@ -350,22 +420,29 @@ class GPT2:
     def backward(self, inputs, targets, grad_accum_steps, micro_step):
         """Classifier + backward of the batch forwarded last; grads accumulate over micro steps, and on
         the last one `mean_loss` becomes the mean loss of the whole accumulated batch."""
-        c = self.config
         B, T = inputs.shape
+        self.stage(inputs, targets, 1.0 / (B * T * grad_accum_steps), backward=True)
+        self.launch_backward(B, T, grad_accum_steps, micro_step)
+        if micro_step == grad_accum_steps - 1:
+            self.mean_loss = self.read_step()[0] / (B * T * grad_accum_steps)
+
+    def launch_backward(self, B, T, grad_accum_steps, micro_step):
+        """Classifier + backward of the staged batch (B, T) forwarded last: the first micro step zeroes the
+        grads and losses, the last one reduces the grads over the processes and sums the losses (read_step)."""
+        c = self.config
         L, C, NH, Vp = c.num_layers, c.channels, c.num_heads, c.padded_vocab_size
         p, g = self._p, self._g
         scratch = self.bufs.get("scratch_f32")
         losses = self._act("losses", B, T)
         last_step = micro_step == grad_accum_steps - 1
         if micro_step == 0:
-            self.grads.fill(0.0)
-            losses.fill(0.0)
+            cuda.zero(self.grads)
+            cuda.zero(losses)
         dlogits = self._act("output", B, T, Vp)
-        fused_classifier(dlogits, losses, 1.0 / (B * T * grad_accum_steps), self._tokens("targets", targets),
-                         c.vocab_size)
+        fused_classifier(dlogits, losses, self._staged("dloss", 1), self._staged("targets", B, T), c.vocab_size)
 
         dresidual = self._act("scratch_btc", B, T, C)
-        dresidual.fill(0.0)
+        cuda.zero(dresidual)
         dlnf = self._act("scratch_bt4c", B, T, C)
         matmul_backward(dlnf, g[0], None, dlogits, self._act("lnf", B, T, C), p[0], scratch=scratch)
         layernorm_backward(dresidual, g[14], g[15], dlnf, self._layer("residual3", L - 1, B, T, C), p[14],
@@ -403,17 +480,15 @@ class GPT2:
                                scratch=scratch)
             if last_step:
                 self._reduce_gradients(LAYER_GRADS, l)
-        # the encoder backward's stochastic-rounding seed: drawn on every device so the rng stream matches
-        seed, self.rng_state = random_u32(self.rng_state)
-        encoder_backward(g[0], g[1], dresidual, inputs, seed=seed, bucket_info=self.bufs.get("bucket_info"),
-                         workload=self.bufs.get("workload"))
+        staged = self.staging.device
+        encoder_backward(g[0], g[1], dresidual, self._staged("inputs", B, T), seed=staged["encoder_seed"],
+                         bucket_info=staged.get("bucket_info"), workload=staged.get("workload"))
         if last_step:
-            # loss summed on this rank, averaged over ranks, then divided by this rank's token count
+            # loss summed on this rank and averaged over ranks; read_step's reader divides by the token count
             loss_sum = self.scalars[1:2]
-            loss_sum.fill(0.0)
+            cuda.zero(loss_sum)
             global_sum(loss_sum, losses, precision=self.precision)
-            loss_sum = self.comm.all_reduce_scalar(float(loss_sum[0]), "avg")
-            self.mean_loss = loss_sum / (B * T * grad_accum_steps)
+            self.comm.all_reduce(loss_sum, "avg")
             self._reduce_gradients(REST_GRADS, 0, T)
 
     def _reduce_gradients(self, tensors, layer, T=None):
@@ -486,20 +561,27 @@ class GPT2:
         return (self.params[w], self.grads[w], m, v, master), dict(n=n, num_slices=num_slices)
 
     def grad_norm_squared(self):
-        """Sum of squares of the gradients: with ZeRO-1 each rank sums its owned parts and the ranks add
-        their sums; otherwise every rank holds all the (already averaged) gradients and sums them itself."""
+        """Sum of squares of the gradients (launch_grad_norm, read back)."""
+        self.launch_grad_norm()
+        return self.read_step()[1]
+
+    def launch_grad_norm(self):
+        """Sum of squares of the gradients into scalars[0], then llm.c's clip scale into the staged grad_scale
+        that the update reads: with ZeRO-1 each rank sums its owned parts and the ranks add their sums;
+        otherwise every rank holds all the (already averaged) gradients and sums them itself."""
         acc = self.scalars[0:1]
-        acc.fill(0.0)
+        cuda.zero(acc)
         slots = self.bufs.get("norm_slots")
         if self.shard.parts == 1:
             global_norm_squared(acc, self.grads, slots=slots)
-            return float(acc[0])
-        for _, start, shard_start, n, num_slices, unit in self.tensor_shards():
-            (_, grads, _, _, _), kw = self._tensor_buffers(start, shard_start, n, num_slices, unit)
-            global_norm_squared(acc, grads, slots=slots, stride=unit, **kw)
-        return self.comm.all_reduce_scalar(float(acc[0]), "sum")
+        else:
+            for _, start, shard_start, n, num_slices, unit in self.tensor_shards():
+                (_, grads, _, _, _), kw = self._tensor_buffers(start, shard_start, n, num_slices, unit)
+                global_norm_squared(acc, grads, slots=slots, stride=unit, **kw)
+            self.comm.all_reduce(acc, "sum")
+        grad_clip_scale(self.staging.device["grad_scale"], acc, GRAD_CLIP, precision=self.precision)
 
-    def _init_optimizer(self):
+    def init_optimizer(self):
         """The first update of a fresh run: m and v zero, master weights the exact widening of the params."""
         n = self.shard_num_parameters
         if self.m is None:  # the CPU makes the optimizer state here
@@ -508,8 +590,8 @@ class GPT2:
             if self.use_master_weights:
                 self.master = self.xp.empty(n, dtype=np.float32)
         else:
-            self.m.fill(0.0)
-            self.v.fill(0.0)
+            cuda.zero(self.m)
+            cuda.zero(self.v)
         if self.use_master_weights:
             for _, start, shard_start, own, num_slices, unit in self.tensor_shards():
                 (params, _, _, _, master), kw = self._tensor_buffers(start, shard_start, own, num_slices, unit)
@@ -517,17 +599,22 @@ class GPT2:
         self.optimizer_ready = True
 
     def update(self, learning_rate, weight_decay, grad_scale, t):
-        """AdamW on this rank's shard, one call per parameter tensor (its layers as slices); t = step + 1.
-        The first update of a fresh run initializes m, v (zeros) and master."""
+        """AdamW on this rank's shard, one call per parameter tensor (its layers as slices); t = step + 1;
+        grad_scale None takes the clip scale of the last grad_norm_squared(). The first update of a fresh run
+        initializes m, v (zeros) and master."""
+        self.stage_update(learning_rate, weight_decay, grad_scale, t)
         if not self.optimizer_ready:
-            self._init_optimizer()
-        self.rng_state_last_update = self.rng_state
-        seeds = self._draw_seeds()
+            self.init_optimizer()
+        self.launch_update()
+
+    def launch_update(self):
+        """AdamW with the staged values (stage_update) on the initialized optimizer state, then ZeRO-1's gather."""
+        staged = self.staging.device
+        seeds = staged["seeds"]
         for i, start, shard_start, own, num_slices, unit in self.tensor_shards():
             (params, grads, m, v, master), kw = self._tensor_buffers(start, shard_start, own, num_slices, unit)
-            adamw_update(params, grads, m, v, master, learning_rate, BETA1, BETA2, EPS,
-                         weight_decay if i in DECAYED else 0.0, grad_scale, t, seeds[i],
-                         w_stride=unit, s_stride=own, **kw)
+            adamw_update(params, grads, m, v, master, staged["hyper"], staged["grad_scale"], seeds[i:i + 1],
+                         BETA1, BETA2, EPS, i in DECAYED, w_stride=unit, s_stride=own, **kw)
         self._gather_params()
 
     def _gather_params(self):

@@ -16,6 +16,19 @@ What it checks, on every call the GPU path makes:
 With emulate=True it also computes: each kernel by NumPy (the llmc_py references where they exist, rounding to
 bf16 where the kernel stores floatX; stochastic rounding becomes round-to-nearest) and each GEMM from the raw
 pointers in column-major, so the GPU orchestration can be compared with the CPU path number for number.
+
+CUDA graphs, modeled on CuPy 14's API: `Stream.begin_capture()` / `end_capture()` -> `Graph`, `Graph.upload()` /
+`launch()`. Device work (kernel launches, cuBLAS/cuBLASLt GEMMs, memsets, `fill`, async copies) goes through
+`FakeGPU.enqueue`: it runs at once, or while a capture is open it is recorded (and not run, as CUDA records
+without running) with the arguments frozen as the call made them; `Graph.launch()` runs the recording again.
+So a per-step value passed by value into a captured launch stays at its capture-time value on every replay,
+and a replayed run diverges from an eager one. Inside a capture these fail with CaptureError: allocating (device
+or pinned), synchronizing (stream, event, device), reading back (`.get()`, indexing a scalar out, `float()`),
+a blocking `.set()`, loading a module, work on a stream other than the capturing one, and a library call that
+cannot be captured. Library calls are classified in LIBRARY_CALLS ("work": enqueues capturable device work;
+"host": host-side state only; "setup": allocates or synchronizes, never inside a capture); a fake library
+function is registered with `gpu.library(name, fn)`, and a new library (say cuDNN's execute) declares its calls
+by adding them to LIBRARY_CALLS and enqueueing its computation with `gpu.enqueue`.
 Install with `install(monkeypatch, emulate=...)`, which puts the modules into sys.modules for one test.
 """
 import ctypes
@@ -37,11 +50,30 @@ SMEM_LIMIT = 48 << 10
 # device memory
 
 
+class CaptureError(AssertionError):
+    """Something a CUDA graph capture does not allow happened inside one."""
+
+
+_active = None  # the installed FakeGPU (install() sets it for one test)
+
+
 class _Memory:
+    """A device address with CuPy MemoryPointer's asynchronous operations on the current stream."""
     __slots__ = ("ptr",)
 
     def __init__(self, ptr):
         self.ptr = ptr
+
+    def memset_async(self, value, size, stream=None):
+        buf, offset = _active.registry.find(self.ptr, size)
+        _active.enqueue("memset", lambda: buf[offset:offset + size].fill(value))
+
+    def copy_from_host_async(self, mem, size, stream=None):
+        """From pinned host memory only: CUDA runs an async copy from pageable memory synchronously (and
+        refuses it inside a capture)."""
+        src = _active.pinned_range(int(mem), size)
+        buf, offset = _active.registry.find(self.ptr, size)
+        _active.enqueue("copy to device", lambda: np.copyto(buf[offset:offset + size], src))
 
 
 class DeviceArray(np.ndarray):
@@ -54,9 +86,12 @@ class DeviceArray(np.ndarray):
         return _Memory(self.__array_interface__["data"][0])
 
     def get(self, stream=None, order="C", out=None, blocking=True):
+        _readback("get()")
         return np.array(self.view(np.ndarray), copy=True, order="C")
 
     def set(self, arr, stream=None):
+        if _active is not None:
+            _active.forbid("a blocking set() from host memory")
         if type(arr) is not np.ndarray:
             raise TypeError(f"set: expected a numpy.ndarray, got {type(arr).__name__}")
         if arr.size != self.size:
@@ -66,6 +101,29 @@ class DeviceArray(np.ndarray):
         if not self.flags.c_contiguous:
             raise RuntimeError("set: cannot set to a non-contiguous array")
         self.view(np.ndarray).reshape(-1)[...] = arr.reshape(-1)
+
+    def fill(self, value):
+        """CuPy's fill launches a kernel on the current stream."""
+        target = self.view(np.ndarray)
+        _active.enqueue("fill", lambda: target.fill(value))
+
+    def __getitem__(self, key):
+        out = super().__getitem__(key)
+        if not isinstance(out, np.ndarray):  # CuPy gives a 0-d device array; turning it into a number reads back
+            _readback("indexing a scalar out")
+        return out
+
+    def __float__(self):
+        _readback("float()")
+        return float(self.view(np.ndarray).reshape(-1)[0])
+
+    def __int__(self):
+        _readback("int()")
+        return int(self.view(np.ndarray).reshape(-1)[0])
+
+    def item(self, *args):
+        _readback("item()")
+        return self.view(np.ndarray).item(*args)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         raise TypeError(f"numpy ufunc {ufunc.__name__} applied to a device array")
@@ -88,6 +146,12 @@ class DeviceArray(np.ndarray):
 def plain(a):
     """The NumPy array behind a DeviceArray (a view, same memory)."""
     return a.view(np.ndarray)
+
+
+def _readback(what):
+    if _active is not None:
+        _active.forbid(f"reading back to the host ({what})")
+        _active.readbacks.append(what)
 
 
 class Registry:
@@ -216,15 +280,23 @@ def _rules(name, a, grid, block, shared, X, itemsize):
     elif name == "wpe_backward_kernel":
         B, T, C = int(a["B"]), int(a["T"]), int(a["C"])
         assert gx * bx * X >= T * C and _size(a["dwpe"]) >= T * C and _size(a["dout"]) >= B * T * C
+        assert _size(a["seed"]) >= 1
     elif name == "wte_backward_kernel":
         C = int(a["C"])
         assert gy * 32 * X >= C and _size(a["bucket_info"]) == 4 * gx, "one bucket_info row per block row"
-        info = flat(a["bucket_info"]).reshape(-1, 4)
+        rows = flat(a["bucket_info"]).reshape(-1, 4)
+        nb = int(np.count_nonzero(rows[:, 1]))
+        info = rows[:nb]
+        assert nb > 0 and not rows[nb:].any(), "the buckets first, then all-zero rows"
         assert (info[:, 1] > 0).all() and (np.diff(info[:, 1]) <= 0).all(), "buckets sorted by size, descending"
-        assert int(info[:, 1].sum()) == _size(a["workload"]), "the buckets cover the workload"
+        total = int(info[:, 1].sum())
+        assert total <= _size(a["workload"]), "the buckets cover more positions than the workload holds"
+        by_start = info[np.argsort(info[:, 0])]
+        assert by_start[0, 0] == 0 and (by_start[1:, 0] == by_start[:-1, 0] + by_start[:-1, 1]).all(), \
+            "the buckets split workload[:total] into consecutive runs"
         assert len(np.unique(info[:, 2])) == len(info), "one bucket per token"
         assert _size(a["dwte"]) >= (int(info[:, 2].max()) + 1) * C
-        assert _size(a["dout"]) >= (int(flat(a["workload"]).max()) + 1) * C
+        assert _size(a["dout"]) >= (int(flat(a["workload"])[:total].max()) + 1) * C and _size(a["seed"]) >= 1
     elif name in ("layernorm_forward_kernel", "fused_residual_forward_kernel"):
         N, C = int(a["N"]), int(a["C"])
         warps = bx // 32
@@ -283,7 +355,7 @@ def _rules(name, a, grid, block, shared, X, itemsize):
     elif name == "fused_classifier_kernel":
         BT, V, P = int(a["BT"]), int(a["V"]), int(a["P"])
         assert gx == BT and P % X == 0 and V <= P and _size(a["logits"]) >= BT * P
-        assert _size(a["losses"]) >= BT and _size(a["targets"]) >= BT
+        assert _size(a["losses"]) >= BT and _size(a["targets"]) >= BT and _size(a["dloss"]) >= 1
         t = flat(a["targets"], BT)
         assert t.min() >= 0 and t.max() < V, "targets in [0, V)"
     elif name in ("adamw_kernel", "init_from_master_kernel"):
@@ -295,11 +367,15 @@ def _rules(name, a, grid, block, shared, X, itemsize):
         assert _size(a["params"]) >= w_extent and (a["master"] is None or _size(a["master"]) >= s_extent)
         if name == "adamw_kernel":
             assert _size(a["grads"]) >= w_extent and _size(a["m"]) >= s_extent and _size(a["v"]) >= s_extent
+            assert _size(a["hyper"]) >= 4 and _size(a["grad_scale"]) >= 1 and _size(a["seed"]) >= 1
+            assert int(a["decay"]) in (0, 1)
     elif name == "global_norm_squared_kernel":
         count, stride = int(a["count"]), int(a["stride"])
         assert _size(a["slots"]) >= gx * gy and _size(a["values"]) >= (gy - 1) * stride + count
     elif name == "global_norm_aggregate_kernel":
         assert gx == 1 and _size(a["slots"]) >= int(a["num_slots"]) and _size(a["out"]) >= 1
+    elif name == "grad_clip_scale_kernel":
+        assert gx == 1 and _size(a["scale"]) >= 1 and _size(a["norm_squared"]) >= 1
     elif name in ("cast_f32_to_floatX_kernel", "cast_floatX_to_f32_kernel"):
         n, ds, ss = int(a["n"]), int(a["dst_stride"]), int(a["src_stride"])
         assert gx * bx >= n and _size(a["dst"]) >= (gy - 1) * ds + n and _size(a["src"]) >= (gy - 1) * ss + n
@@ -313,14 +389,15 @@ def _rules(name, a, grid, block, shared, X, itemsize):
 # kernels whose pointers need only element alignment (scalar accesses only) ...
 SCALAR_ACCESS = {"adamw_kernel", "init_from_master_kernel", "cast_f32_to_floatX_kernel", "cast_floatX_to_f32_kernel",
                  "cast_f32_to_f16_kernel", "global_norm_squared_kernel", "global_norm_aggregate_kernel",
-                 "matmul_backward_bias_reduce_kernel", "layernorm_backward_reduce_kernel"}
+                 "grad_clip_scale_kernel", "matmul_backward_bias_reduce_kernel", "layernorm_backward_reduce_kernel"}
 # ... and the scalar-access parameters of the others (read off the kernel bodies); every other pointer goes
 # through Packed128 loads/stores (or is an int4*) and must be 16-byte aligned
-SCALAR_PARAMS = {"encoder_forward_kernel": {"inp"}, "wte_backward_kernel": {"workload"},
+SCALAR_PARAMS = {"encoder_forward_kernel": {"inp"}, "wpe_backward_kernel": {"seed"},
+                 "wte_backward_kernel": {"workload", "seed"},
                  "layernorm_forward_kernel": {"mean", "rstd"}, "fused_residual_forward_kernel": {"mean", "rstd"},
                  "layernorm_backward_kernel": {"mean", "rstd", "scratch"},
                  "softmax_forward_kernel": {"att", "preatt"}, "softmax_backward_kernel": {"dpreatt", "datt", "att"},
-                 "fused_classifier_kernel": {"losses", "targets"}, "matmul_forward_kernel": {"out", "bias"}}
+                 "fused_classifier_kernel": {"losses", "dloss", "targets"}, "matmul_forward_kernel": {"out", "bias"}}
 # pointer parameters that may be null
 NULLABLE = {("layernorm_forward_kernel", "mean"), ("layernorm_forward_kernel", "rstd"),
             ("fused_residual_forward_kernel", "mean"), ("fused_residual_forward_kernel", "rstd"),
@@ -339,7 +416,7 @@ def _ln(x, w, b):
 
 
 def _emulate(name, a, grid, block):
-    from llmc_py.adamw import _adamw_block
+    from llmc_py.adamw import adamw_update
     from llmc_py.gelu import gelu_backward_inplace, gelu_forward
     gx, gy = grid[0], grid[1] if len(grid) > 1 else 1
     if name == "encoder_forward_kernel":
@@ -358,7 +435,7 @@ def _emulate(name, a, grid, block):
         work = flat(a["workload"])
         dout = to_f32(a["dout"]).reshape(-1, C)
         dwte = flat(a["dwte"]).reshape(-1, C)
-        for start, size, token, _ in info:
+        for start, size, token, _ in info[info[:, 1] > 0]:
             rows = work[start:start + size]
             store(dwte[token], to_f32(dwte[token]) + dout[rows].sum(axis=0))
     elif name == "layernorm_forward_kernel":
@@ -463,7 +540,7 @@ def _emulate(name, a, grid, block):
         logits = flat(a["logits"], BT * P).reshape(BT, P)
         x = to_f32(logits)
         losses = flat(a["losses"], BT)
-        fused_classifier(x, losses, float(a["dloss"]), flat(a["targets"], BT), V)
+        fused_classifier(x, losses, flat(a["dloss"]), flat(a["targets"], BT), V)
         store(logits[:, :V], x[:, :V])
     elif name == "adamw_kernel":
         n, ws, ss = int(a["n"]), int(a["w_stride"]), int(a["s_stride"])
@@ -471,9 +548,9 @@ def _emulate(name, a, grid, block):
             w, s = slice(y * ws, y * ws + n), slice(y * ss, y * ss + n)
             params = to_f32(flat(a["params"])[w])
             master = None if a["master"] is None else flat(a["master"])[s]
-            _adamw_block(params, to_f32(flat(a["grads"])[w]), flat(a["m"])[s], flat(a["v"])[s], master, a["lr"],
-                         a["beta1"], a["beta2"], a["eps"], a["weight_decay"], a["grad_scale"],
-                         a["beta1_correction"], a["beta2_correction"])
+            adamw_update(params, to_f32(flat(a["grads"])[w]), flat(a["m"])[s], flat(a["v"])[s], master,
+                         flat(a["hyper"]), flat(a["grad_scale"]), flat(a["seed"]), a["beta1"], a["beta2"], a["eps"],
+                         bool(a["decay"]))
             store(flat(a["params"])[w], params)
     elif name == "init_from_master_kernel":
         n, ws, ss = int(a["n"]), int(a["w_stride"]), int(a["s_stride"])
@@ -487,6 +564,9 @@ def _emulate(name, a, grid, block):
             slots[y * gx] += np.float32(np.dot(v, v))
     elif name == "global_norm_aggregate_kernel":
         flat(a["out"])[0] += flat(a["slots"], int(a["num_slots"])).sum(dtype=np.float32)
+    elif name == "grad_clip_scale_kernel":
+        from llmc_py.global_norm import grad_clip_scale
+        grad_clip_scale(flat(a["scale"]), flat(a["norm_squared"]), a["max_norm"])
     elif name in ("cast_f32_to_floatX_kernel", "cast_floatX_to_f32_kernel"):
         n, ds, ss = int(a["n"]), int(a["dst_stride"]), int(a["src_stride"])
         for y in range(gy):
@@ -507,14 +587,57 @@ class FakeGPU:
     def __init__(self, emulate=False, device_name="NVIDIA H100 80GB HBM3", num_sms=132):
         self.emulate = emulate
         self.registry = Registry()
-        self.launches = []     # (kernel, precision, grid, block)
-        self.blas_calls = []   # (function, details)
+        self.launches = []     # (kernel, precision, grid, block), as they run
+        self.blas_calls = []   # (function, details), as they run
         self.modules = {}
         self.device_name, self.num_sms = device_name, num_sms
         self.stream_ptr = 0
         self.syncs = 0         # host synchronizations so far (device, stream or event)
         self.math_mode = {}
         self.driver_version = 12090  # cudaDriverGetVersion: CUDA 12.9
+        self.capturing = None  # (stream, [(what, work)]) while a capture is open
+        self.captures = []     # the recordings of every capture ended, [(what, work)] each
+        self.graph_launches = 0
+        self.readbacks = []    # what read device memory back to the host, in order
+        self.pinned = []       # (address, host uint8 array) of every pinned host allocation
+
+    # capture --------------------------------------------------------------
+
+    def forbid(self, what):
+        """What may not happen inside a capture: raises CaptureError while one is open."""
+        if self.capturing is not None:
+            raise CaptureError(f"inside a CUDA graph capture: {what}")
+
+    def enqueue(self, what, work):
+        """Device work on the current stream: run now, or recorded (not run) while a capture is open."""
+        if self.capturing is None:
+            work()
+            return
+        stream, recording = self.capturing
+        if self.stream_ptr != stream.ptr:
+            raise CaptureError(f"inside a CUDA graph capture on stream {stream.ptr:#x}: {what} issued on stream "
+                               f"{self.stream_ptr:#x}, outside the graph")
+        recording.append((what, work))
+
+    def library(self, name, fn):
+        """fn as the library entry point `name` (classified in LIBRARY_CALLS), refused inside a capture when it
+        cannot be captured."""
+        kind = LIBRARY_CALLS.get(name)
+        assert kind in ("work", "host", "setup"), f"library call {name} is not classified in LIBRARY_CALLS"
+
+        def call(*args, **kwargs):
+            if kind == "setup":
+                self.forbid(f"{name}, which cannot be captured (it allocates or synchronizes)")
+            return fn(*args, **kwargs)
+        call.__name__ = fn.__name__
+        return call
+
+    def pinned_range(self, ptr, nbytes):
+        """The host memory [ptr, ptr + nbytes) as a uint8 view, asserting it lies in one pinned allocation."""
+        for start, host in self.pinned:
+            if start <= ptr and ptr + nbytes <= start + host.nbytes:
+                return host[ptr - start:ptr - start + nbytes]
+        raise AssertionError(f"host memory [{ptr:#x}, +{nbytes}) of an async copy is not pinned")
 
     # kernels ------------------------------------------------------------
 
@@ -563,13 +686,16 @@ class FakeGPU:
             self.registry.find(arg.data.ptr, arg.nbytes)
             named[pname] = arg
         X = 8 if precision == "bf16" else 4
-        try:
-            _rules(kernel, named, grid, block, shared_mem, X, floatx.itemsize)
-        except AssertionError as e:
-            raise AssertionError(f"{where} grid {grid} block {block} shared {shared_mem}: {e}") from None
-        self.launches.append((kernel, precision, grid, block))
-        if self.emulate:
-            _emulate(kernel, named, grid, block)
+
+        def run():  # what the kernel does with its (frozen) arguments, each time it runs
+            try:
+                _rules(kernel, named, grid, block, shared_mem, X, floatx.itemsize)
+            except AssertionError as e:
+                raise AssertionError(f"{where} grid {grid} block {block} shared {shared_mem}: {e}") from None
+            self.launches.append((kernel, precision, grid, block))
+            if self.emulate:
+                _emulate(kernel, named, grid, block)
+        self.enqueue(where, run)
 
     # modules ------------------------------------------------------------
 
@@ -582,11 +708,13 @@ class FakeGPU:
             setattr(cupy, name, getattr(np, name))
 
         def empty(shape, dtype=np.float32, order="C"):
+            gpu.forbid("a device allocation")
             return gpu.registry.allocate(shape, dtype)
 
         def asarray(a, dtype=None):
             if isinstance(a, DeviceArray):
                 return a
+            gpu.forbid("a device allocation (asarray of host data)")
             host = np.asarray(a, dtype=dtype)
             out = gpu.registry.allocate(host.shape, host.dtype)
             plain(out)[...] = host
@@ -606,6 +734,7 @@ class FakeGPU:
 
         class RawModule:
             def __init__(self, code=None, options=(), name_expressions=None, **kwargs):
+                gpu.forbid("compiling and loading a module")
                 self.precision, self.kernels = gpu.compile(code, tuple(options))
 
             def compile(self):
@@ -642,52 +771,107 @@ class FakeGPU:
                 assert self.id == 0, "the fake has one GPU"
 
             def synchronize(self):
+                gpu.forbid("Device.synchronize()")
                 gpu.syncs += 1
 
             compute_capability = "90"
 
+        streams = {}
+
         class Stream:
             _next = [0x5000]
 
-            def __init__(self, non_blocking=False, null=False):
+            def __init__(self, null=False, non_blocking=False):
                 Stream._next[0] += 0x10
                 self.ptr = 0 if null else Stream._next[0]
+                self.non_blocking = non_blocking
+                streams[self.ptr] = self
 
             def use(self):
                 gpu.stream_ptr = self.ptr
                 return self
 
             def synchronize(self):
+                gpu.forbid("Stream.synchronize()")
                 gpu.syncs += 1
+
+            def begin_capture(self, mode=None):
+                assert self.ptr != 0, "CUDA refuses stream capture on the legacy default stream"
+                gpu.forbid("a second capture")
+                gpu.capturing = (self, [])
+
+            def is_capturing(self):
+                return gpu.capturing is not None and gpu.capturing[0] is self
+
+            def end_capture(self):
+                assert self.is_capturing(), "end_capture() on a stream that is not capturing"
+                _, recording = gpu.capturing
+                gpu.capturing = None
+                gpu.captures.append(recording)
+                return Graph(recording)
+
+        Stream(null=True)  # the legacy default stream, current until a stream of ours is used
+
+        class Graph:
+            """What a capture recorded; launch() runs it again, with the arguments frozen at capture time."""
+
+            def __init__(self, recording):
+                self.recording = recording
+
+            def upload(self, stream=None):
+                gpu.forbid("Graph.upload()")
+
+            def launch(self, stream=None):
+                gpu.forbid("a graph launch")
+                gpu.graph_launches += 1
+                for _, work in self.recording:
+                    work()
 
         class Event:
             """Recorded on a stream, in order; done once the host synchronized after the record."""
             _order = [0]
 
-            def __init__(self, *args, **kwargs):
+            def __init__(self, block=False, disable_timing=False, interprocess=False):
                 self.recorded = False
 
             def record(self, stream=None):
-                self.recorded, self.stream = True, gpu.stream_ptr if stream is None else stream.ptr
+                ptr = gpu.stream_ptr if stream is None else stream.ptr
+                gpu.enqueue("event record", lambda: self._recorded_on(ptr))
+
+            def _recorded_on(self, ptr):
+                self.recorded, self.stream = True, ptr
                 Event._order[0] += 1
                 self.order, self.syncs_before = Event._order[0], gpu.syncs
 
             def synchronize(self):
+                gpu.forbid("Event.synchronize()")
                 assert self.recorded, "synchronize on an event never recorded"
                 gpu.syncs += 1
 
-        def get_elapsed_time(start, end):
-            assert start.recorded and end.recorded, "elapsed time between events never recorded"
-            assert start.stream == end.stream, "elapsed time between events of two streams"
-            assert start.order < end.order, "the end event was recorded before the start event"
-            assert gpu.syncs > end.syncs_before, "elapsed time before the end event completed (cudaErrorNotReady)"
+        def get_elapsed_time(start_event, end_event):
+            gpu.forbid("get_elapsed_time(), which waits for the events")
+            assert start_event.recorded and end_event.recorded, "elapsed time between events never recorded"
+            assert start_event.stream == end_event.stream, "elapsed time between events of two streams"
+            assert start_event.order < end_event.order, "the end event was recorded before the start event"
+            assert gpu.syncs > end_event.syncs_before, "elapsed time before the end event completed (cudaErrorNotReady)"
             return 1.0
 
-        cuda.Device, cuda.Stream, cuda.Event, cuda.get_elapsed_time = Device, Stream, Event, get_elapsed_time
-        cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=gpu.stream_ptr, synchronize=Device().synchronize)
+        cuda.Device, cuda.Stream, cuda.Event, cuda.Graph = Device, Stream, Event, Graph
+        cuda.get_elapsed_time = get_elapsed_time
+        cuda.get_current_stream = lambda device_id=-1: streams[gpu.stream_ptr]
         cupy.cuda = cuda
+        cupyx = types.ModuleType("cupyx")
+
+        def empty_pinned(shape, dtype=float, order="C"):
+            gpu.forbid("a pinned host allocation")
+            nbytes = math.prod((shape,) if np.isscalar(shape) else shape) * np.dtype(dtype).itemsize
+            host = np.zeros(nbytes, dtype=np.uint8)
+            gpu.pinned.append((host.ctypes.data, host))
+            return host.view(dtype).reshape(shape)
+
+        cupyx.empty_pinned = empty_pinned
         return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.nccl": nccl,
-                "cupy.cuda.compiler": compiler}
+                "cupy.cuda.compiler": compiler, "cupyx": cupyx}
 
     def nvmath_modules(self):
         cublas, lt = _fake_cublas(self), _fake_cublaslt(self)
@@ -724,9 +908,10 @@ def _host_f32(ptr):
 
 
 def _gemm(gpu, what, transa, transb, m, n, k, alpha, a, atype, lda, stride_a, b, btype, ldb, stride_b, beta, c,
-          ctype, ldc, stride_c, batch, store=True):
-    """D = alpha op(A) op(B) + beta C, column-major, checked against the device allocations. Returns the C view
-    and (emulating) the float64 result, stored into C unless store is False (an epilogue follows)."""
+          ctype, ldc, stride_c, batch, epilogue=None):
+    """D = alpha op(A) op(B) + beta C, column-major, checked against the device allocations when called and
+    enqueued (alpha and beta are host values, read now as cuBLAS reads them). When it runs, (emulating) the
+    float64 result is stored into C, or handed to epilogue(C view, result) instead."""
     for name, value in (("m", m), ("n", n), ("k", k), ("batch", batch)):
         assert type(value) is int and value >= 1, f"{what}: {name} = {value!r}"
     assert transa in (0, 1) and transb in (0, 1), f"{what}: transposes {transa}, {transb}"
@@ -738,17 +923,21 @@ def _gemm(gpu, what, transa, transb, m, n, k, alpha, a, atype, lda, stride_a, b,
         for x, stride, rows, cols, ld in ((A, stride_a, *A.shape[1:], lda), (B, stride_b, *B.shape[1:], ldb),
                                           (C, stride_c, m, n, ldc)):
             assert stride >= ld * (cols - 1) + rows, f"{what}: batch stride {stride} overlaps matrices"
-    gpu.blas_calls.append((what, dict(m=m, n=n, k=k, transa=transa, transb=transb, batch=batch)))
-    result = None
-    if gpu.emulate:
+
+    def run():
+        gpu.blas_calls.append((what, dict(m=m, n=n, k=k, transa=transa, transb=transb, batch=batch)))
+        if not gpu.emulate:
+            return
         opA = _values(A).transpose(0, 2, 1) if transa else _values(A)
         opB = _values(B).transpose(0, 2, 1) if transb else _values(B)
         result = alpha * (opA @ opB)
         if beta != 0.0:
             result += beta * _values(C)
-        if store:
+        if epilogue is None:
             _store_matrix(C, result)
-    return C, result
+        else:
+            epilogue(C, result)
+    gpu.enqueue(what, run)
 
 
 def _fake_cublas(gpu):
@@ -814,9 +1003,22 @@ def _fake_cublas(gpu):
               a, atype, lda, stride_a, b, btype, ldb, stride_b, _host_f32(beta), c, ctype, ldc, stride_c, batch_count)
 
     for fn in (create, destroy, set_stream, set_workspace, set_math_mode, sgemm, gemm_ex, gemm_strided_batched_ex):
-        setattr(mod, fn.__name__, fn)
+        setattr(mod, fn.__name__, gpu.library(f"cublas.{fn.__name__}", fn))
     return mod
 
+
+# what each library entry point may do inside a stream capture (see the module docstring); matching CUDA's rules:
+# handle creation allocates device memory, GEMMs on a handle with a user workspace are capturable, descriptors,
+# layouts, preferences and the heuristic query are host-side
+LIBRARY_CALLS = {
+    "cublas.create": "setup", "cublas.destroy": "setup", "cublas.set_stream": "host", "cublas.set_workspace": "host",
+    "cublas.set_math_mode": "host", "cublas.sgemm": "work", "cublas.gemm_ex": "work",
+    "cublas.gemm_strided_batched_ex": "work",
+    "cublasLt.create": "setup", "cublasLt.matmul_desc_create": "host", "cublasLt.matmul_desc_set_attribute": "host",
+    "cublasLt.matrix_layout_create": "host", "cublasLt.matmul_preference_create": "host",
+    "cublasLt.matmul_preference_set_attribute": "host", "cublasLt.matmul_algo_get_heuristic": "host",
+    "cublasLt.matmul": "work",
+}
 
 DESC_ATTRIBUTES = {"TRANSA": (3, np.int32), "TRANSB": (4, np.int32), "EPILOGUE": (7, np.uint32),
                    "BIAS_POINTER": (8, np.int64), "EPILOGUE_AUX_POINTER": (11, np.int64),
@@ -911,10 +1113,8 @@ def _fake_cublaslt(gpu):
             assert attrs["EPILOGUE_AUX_POINTER"] % 16 == 0, "aux not 16-byte aligned"
             aux = gpu.registry.matrix(attrs["EPILOGUE_AUX_POINTER"], dtype, m, n, attrs["EPILOGUE_AUX_LD"])
         k = opA[1]
-        Dm, result = _gemm(gpu, f"cublasLt {epilogue}", transa, transb, m, n, k, _host_f32(alpha), a, A["type"],
-                           A["ld"], 0, b, B["type"], B["ld"], 0, _host_f32(beta), d, D["type"], D["ld"], 0, 1,
-                           store=epilogue == "DEFAULT")
-        if gpu.emulate and epilogue != "DEFAULT":
+
+        def apply_epilogue(Dm, result):
             from llmc_py.gelu import gelu_backward_inplace, gelu_forward
             x = result[0]  # A B (+ beta C) in f64: the epilogue comes before the one rounding into D
             if bias is not None:
@@ -930,10 +1130,13 @@ def _fake_cublaslt(gpu):
             else:  # DGELU
                 gelu_backward_inplace(x, _values(aux)[0].astype(np.float32))
                 _store_matrix(Dm[0], x)
+        _gemm(gpu, f"cublasLt {epilogue}", transa, transb, m, n, k, _host_f32(alpha), a, A["type"], A["ld"], 0, b,
+              B["type"], B["ld"], 0, _host_f32(beta), d, D["type"], D["ld"], 0, 1,
+              epilogue=None if epilogue == "DEFAULT" else apply_epilogue)
 
     for fn in (create, matmul_desc_create, matmul_desc_set_attribute, matrix_layout_create, matmul_preference_create,
                matmul_preference_set_attribute, matmul_algo_get_heuristic, matmul):
-        setattr(mod, fn.__name__, fn)
+        setattr(mod, fn.__name__, gpu.library(f"cublasLt.{fn.__name__}", fn))
     return mod
 
 # ----------------------------------------------------------------------------
@@ -952,4 +1155,5 @@ def install(monkeypatch, emulate=False, **kwargs):
     monkeypatch.setattr(llmc_py.cuda, "_functions", {})
     monkeypatch.setattr(llmc_py.cuda, "_devices", {})
     monkeypatch.setattr(llmc_py.blas, "_contexts", {})
+    monkeypatch.setattr(sys.modules[__name__], "_active", gpu)
     return gpu

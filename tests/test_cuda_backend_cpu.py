@@ -111,7 +111,7 @@ def test_every_kernel_signature_parses():
     assert adamw["bound"] == 512
     assert [p[0] for p in adamw["params"]][:8] == ["params", "master", "grads", "m", "v", "n", "w_stride", "s_stride"]
     assert [p[2] for p in adamw["params"]][5:8] == ["size_t", "ptrdiff_t", "ptrdiff_t"]
-    assert len(names) == 27
+    assert len(names) == 28
 
 
 def test_launch_checker_catches_mistakes(fake):

@@ -101,3 +101,20 @@ def test_no_device_allocation_inside_a_step(tiny_params):
     train(model, data[2:4], steps=1)
     cp.cuda.get_current_stream().synchronize()
     assert pool.used_bytes() == used
+
+
+@pytest.mark.parametrize("precision,accum", [("bf16", 3), ("fp32", 1)])
+def test_cuda_graph_replay_matches_eager(tiny_params, precision, accum):
+    """The training step replayed as CUDA graphs (llmc_py.step) gives the eager step's bits: losses, norms and
+    every byte of params, m, v and master (tests/test_cuda_graph.py checks the same on the fake GPU)."""
+    from test_cuda_graph import run_steps
+    data = batches(4 * accum + 1, seed=9)
+    runs = []
+    for cuda_graph in (False, True):
+        model = gpt2(tiny_params, device="cuda", precision=precision)
+        train_step, losses = run_steps(model, data, accum, cuda_graph)
+        assert len(train_step.graphs) == (min(accum, 3) + 1 if cuda_graph else 0)
+        runs.append((losses, [cp.asnumpy(a) for a in (model.params, model.m, model.v, model.master)]))
+    assert runs[1][0] == runs[0][0]
+    for got, expected in zip(runs[1][1], runs[0][1]):
+        assert np.array_equal(got, expected)

@@ -19,13 +19,13 @@ from gpu_gate import cp  # noqa: E402  (skips this module without a GPU)
 
 import ml_dtypes  # noqa: E402
 
-from llmc_py.adamw import adamw_update  # noqa: E402
+from llmc_py.adamw import HYPER_SIZE, adamw_hyper, adamw_update  # noqa: E402
 from llmc_py.attention import attention_backward, attention_forward  # noqa: E402
 from llmc_py.cuda import get_kernel  # noqa: E402
 from llmc_py.encoder import encoder_backward, encoder_forward, wte_buckets  # noqa: E402
 from llmc_py.fused_classifier import fused_classifier  # noqa: E402
 from llmc_py.gelu import gelu_backward_inplace, gelu_forward  # noqa: E402
-from llmc_py.global_norm import global_norm_squared  # noqa: E402
+from llmc_py.global_norm import global_norm_squared, grad_clip_scale  # noqa: E402
 from llmc_py.layernorm import fused_residual_forward, layernorm_backward, layernorm_forward  # noqa: E402
 from llmc_py.matmul import matmul_backward, matmul_forward  # noqa: E402
 
@@ -144,15 +144,18 @@ def test_encoder(rng, precision):
     dout = quantize(f32(rng, B, T, C), p)
     dwte0, dwpe0 = quantize(f32(rng, Vp, C), p), quantize(f32(rng, maxT, C), p)
     info, workload = wte_buckets(inp)
-    info_d, workload_d, dout_d = cp.asarray(info), cp.asarray(workload), to_gpu(dout, p)
+    rows = len(info) + 40  # the table has more rows than the batch has tokens: the zero rows do nothing
+    table = np.zeros((rows, 4), np.int32)
+    table[:len(info)] = info
+    info_d, workload_d, dout_d = cp.asarray(table), cp.asarray(workload), to_gpu(dout, p)
+    seed_d = cp.asarray(np.array([2024], np.uint32))
     results = []
     for _ in range(2):  # twice from the same start: bitwise deterministic
         dwte_d, dwpe_d = to_gpu(dwte0, p), to_gpu(dwpe0, p)
-        seed = u32(2024)
         launch("encoder", p, "wpe_backward_kernel", (math.ceil(T * C / (256 * X)),), 256,
-               (dwpe_d, dout_d, i32(B), i32(T), i32(C), seed))
-        launch("encoder", p, "wte_backward_kernel", (len(info), math.ceil(C / (32 * X))), 256,
-               (dwte_d, info_d, workload_d, dout_d, i32(C), seed))
+               (dwpe_d, dout_d, i32(B), i32(T), i32(C), seed_d))
+        launch("encoder", p, "wte_backward_kernel", (rows, math.ceil(C / (32 * X))), 256,
+               (dwte_d, info_d, workload_d, dout_d, i32(C), seed_d))
         results.append((to_host(dwte_d, p), to_host(dwpe_d, p)))
     assert all(np.array_equal(a, b) for a, b in zip(*results))
     dwte, dwpe = results[0]
@@ -431,10 +434,11 @@ def test_fused_classifier(rng, precision, V_real):
     dloss = 1.0 / (B * T * 2)
     losses0 = f32(rng, B, T)
     logits_d, losses_d = to_gpu(logits, p), cp.asarray(losses0)
+    dloss_h = np.array([dloss], np.float32)
     launch("fused_classifier", p, "fused_classifier_kernel", (BT,), 1024,
-           (logits_d, losses_d, f32s(dloss), cp.asarray(targets), i32(BT), i32(V_real), i32(Vp)))
+           (logits_d, losses_d, cp.asarray(dloss_h), cp.asarray(targets), i32(BT), i32(V_real), i32(Vp)))
     ref_logits, ref_losses = logits.copy(), losses0.copy()
-    fused_classifier(ref_logits, ref_losses, dloss, targets, V_real)
+    fused_classifier(ref_logits, ref_losses, dloss_h, targets, V_real)
     got = to_host(logits_d, p)
     close(cp.asnumpy(losses_d), ref_losses, 1e-4 if p == "fp32" else 1e-3)
     close(got[..., :V_real], ref_logits[..., :V_real], TOL[p])
@@ -445,10 +449,11 @@ def test_fused_classifier(rng, precision, V_real):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("with_master", [True, False])
-def test_adamw(rng, precision, with_master):
+@pytest.mark.parametrize("with_master,decay", [(True, True), (False, True), (True, False)])
+def test_adamw(rng, precision, with_master, decay):
     """Three slices of n = 1000 (two blocks of 512, the second partial); params/grads slices every 1200
-    elements (the gaps must not move), m/v/master packed every 1000 as in the ZeRO-1 shard layout."""
+    elements (the gaps must not move), m/v/master packed every 1000 as in the ZeRO-1 shard layout. The step's
+    values (lr, weight decay, bias corrections, clip scale, seed) are read from device buffers."""
     p, n, slices, w_stride, s_stride = precision, 1000, 3, 1200, 1000
     if p == "bf16" and not with_master:
         pytest.skip("bf16 without master weights rounds from the bf16 value: covered by the master case")
@@ -460,17 +465,19 @@ def test_adamw(rng, precision, with_master):
     master0 = params0.reshape(slices, w_stride)[:, :n].reshape(-1).copy() + f32(rng, slices * n, scale=1e-3)
     params_d, grads_d = to_gpu(params0, p), to_gpu(grads, p)
     m_d, v_d, master_d = cp.asarray(m0), cp.asarray(v0), cp.asarray(master0)
-    b1c, b2c = f32s(1.0) - f32s(beta1) ** f32s(t), f32s(1.0) - f32s(beta2) ** f32s(t)
+    hyper = adamw_hyper(np.empty(HYPER_SIZE, np.float32), lr, wd, t, beta1, beta2)
+    scale, seeds = np.array([grad_scale], np.float32), np.array([seed], np.uint32)
     launch("adamw", p, "adamw_kernel", (math.ceil(n / 512), slices), 512,
            (params_d, master_d if with_master else NULL, grads_d, m_d, v_d, u64(n), i64(w_stride), i64(s_stride),
-            f32s(lr), f32s(beta1), f32s(beta2), b1c, b2c, f32s(eps), f32s(wd), f32s(grad_scale), u32(seed)))
+            cp.asarray(hyper), cp.asarray(scale), cp.asarray(seeds), f32s(beta1), f32s(beta2), f32s(eps),
+            i32(decay)))
     params = to_host(params_d, p).reshape(slices, w_stride)
     m, v, master = cp.asnumpy(m_d), cp.asnumpy(v_d), cp.asnumpy(master_d)
     for y in range(slices):
         w_sl, s_sl = slice(y * w_stride, y * w_stride + n), slice(y * s_stride, y * s_stride + n)
         p_ref, m_ref, v_ref = params0[w_sl].copy(), m0[s_sl].copy(), v0[s_sl].copy()
         master_ref = master0[y * n:(y + 1) * n].copy() if with_master else None
-        adamw_update(p_ref, grads[w_sl], m_ref, v_ref, master_ref, lr, beta1, beta2, eps, wd, grad_scale, t, seed)
+        adamw_update(p_ref, grads[w_sl], m_ref, v_ref, master_ref, hyper, scale, seeds, beta1, beta2, eps, decay)
         close(m[s_sl], m_ref, 1e-6)
         np.testing.assert_allclose(v[s_sl], v_ref, rtol=1e-6)
         if with_master:
@@ -522,6 +529,17 @@ def test_global_norm(rng, precision):
         for y in range(slices):
             global_norm_squared(ref, values[y * stride:y * stride + count])
     np.testing.assert_allclose(cp.asnumpy(out_d), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("norm", [0.5, 1.0, 2.5, 1e4])
+def test_grad_clip_scale(norm):
+    """The clip scale from the sum of squares in device memory, bit for bit the host's float64 quotient."""
+    norm_squared = np.array([norm * norm], np.float32)
+    scale_d = cp.full(1, np.nan, cp.float32)
+    launch("global_norm", "fp32", "grad_clip_scale_kernel", (1,), 1, (scale_d, cp.asarray(norm_squared), f32s(1.0)))
+    ref = np.full(1, np.nan, np.float32)
+    grad_clip_scale(ref, norm_squared, 1.0)
+    assert cp.asnumpy(scale_d)[0] == ref[0]
 
 # ----------------------------------------------------------------------------
 # cast

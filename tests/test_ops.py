@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmc_py.adamw import adamw_update
+from llmc_py.adamw import HYPER_SIZE, adamw_hyper, adamw_update
 from llmc_py.attention import attention_backward, attention_forward
 from llmc_py.encoder import encoder_backward, encoder_forward
 from llmc_py.fused_classifier import fused_classifier
 from llmc_py.gelu import gelu_backward_inplace, gelu_forward
-from llmc_py.global_norm import global_norm_squared
+from llmc_py.global_norm import global_norm_squared, grad_clip_scale
 from llmc_py.layernorm import fused_residual_forward, layernorm_backward, layernorm_forward
 import llmc_py.matmul as matmul_module
 from llmc_py.matmul import matmul_backward, matmul_forward
@@ -308,7 +308,7 @@ def test_fused_classifier(rng):
     logits_t = t64(logits[..., :V], True)
     padded_before = logits[..., V:].copy()
 
-    fused_classifier(logits, losses, dloss, targets, V)
+    fused_classifier(logits, losses, np.array([dloss], np.float32), targets, V)
 
     loss_ref = F.cross_entropy(logits_t.reshape(-1, V), torch.from_numpy(targets).long().reshape(-1),
                                reduction="none").reshape(B, T)
@@ -347,8 +347,10 @@ def test_adamw_against_torch(rng, weight_decay, grad_scale):
     p_ref, m_ref, v_ref = torch_adamw_steps(p0, [g.astype(np.float64) * grad_scale for g in grads],
                                             lr, weight_decay, eps)
     params, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    scale = np.array([grad_scale], np.float32)
     for t, g in enumerate(grads, start=1):
-        adamw_update(params, g, m, v, None, lr, 0.9, 0.95, eps, weight_decay, grad_scale, t, seed=t)
+        hyper = adamw_hyper(np.empty(HYPER_SIZE, np.float32), lr, weight_decay, t, 0.9, 0.95)
+        adamw_update(params, g, m, v, None, hyper, scale, np.array([t], np.uint32), 0.9, 0.95, eps, decay=True)
     np.testing.assert_allclose(params, p_ref, rtol=1e-6, atol=1e-7)
     close(m, m_ref, tol=1e-6)  # m is a signed sum: relative to its scale
     np.testing.assert_allclose(v, v_ref, rtol=1e-6, atol=0)  # v is a positive sum: elementwise relative
@@ -365,12 +367,14 @@ def test_adamw_master_weights_and_slices(rng):
     master_all = params_all.copy()
     before = [a.copy() for a in (params_all, m_all, v_all, master_all)]
     sl = slice(lo, hi)
-    adamw_update(params_all[sl], grads_all[sl], m_all[sl], v_all[sl], master_all[sl],
-                 3e-4, 0.9, 0.95, 1e-8, 0.1, 1.0, 7, seed=42)
+    hyper = adamw_hyper(np.empty(HYPER_SIZE, np.float32), 3e-4, 0.1, 7, 0.9, 0.95)
+    one = np.ones(1, np.float32)
+    adamw_update(params_all[sl], grads_all[sl], m_all[sl], v_all[sl], master_all[sl], hyper, one,
+                 np.array([42], np.uint32), 0.9, 0.95, 1e-8, decay=True)
 
     # the same update without master weights on copies gives the same bits
     p, m, v = before[0][sl].copy(), before[1][sl].copy(), before[2][sl].copy()
-    adamw_update(p, grads_all[sl], m, v, None, 3e-4, 0.9, 0.95, 1e-8, 0.1, 1.0, 7, seed=0)
+    adamw_update(p, grads_all[sl], m, v, None, hyper, one, np.zeros(1, np.uint32), 0.9, 0.95, 1e-8, decay=True)
     assert np.array_equal(master_all[sl], p) and np.array_equal(params_all[sl], p)
     assert np.array_equal(m_all[sl], m) and np.array_equal(v_all[sl], v)
     assert not np.array_equal(p, before[0][sl])
@@ -384,6 +388,14 @@ def test_adamw_master_weights_and_slices(rng):
     p_old = before[3][sl].astype(np.float64)
     p64 = p_old - 3e-4 * ((m64 / (1 - 0.9 ** 7)) / (np.sqrt(v64 / (1 - 0.95 ** 7)) + 1e-8) + 0.1 * p_old)
     np.testing.assert_allclose(p, p64, rtol=1e-6, atol=1e-7)
+
+    # a tensor llm.c does not decay (decay=False) ignores the weight decay in hyper: as if it were 0
+    undecayed, zero_wd = before[0][sl].copy(), before[0][sl].copy()
+    no_wd = adamw_hyper(np.empty(HYPER_SIZE, np.float32), 3e-4, 0.0, 7, 0.9, 0.95)
+    for params, h, decay in ((undecayed, hyper, False), (zero_wd, no_wd, True)):
+        adamw_update(params, grads_all[sl], before[1][sl].copy(), before[2][sl].copy(), None, h, one,
+                     np.zeros(1, np.uint32), 0.9, 0.95, 1e-8, decay=decay)
+    assert np.array_equal(undecayed, zero_wd) and not np.array_equal(undecayed, p)
 
 
 # ----------------------------------------------------------------------------
@@ -404,3 +416,18 @@ def test_global_norm_squared(rng):
         global_norm_squared(shards, part)
     np.testing.assert_allclose(shards[0], ref, rtol=1e-6)
     np.testing.assert_allclose(math.sqrt(out[0]), torch.linalg.vector_norm(t64(grads)).item(), rtol=1e-7)
+
+
+@pytest.mark.parametrize("norm", [0.25, 1.0, 1.0000001, 3.7, 1234.5])
+def test_grad_clip_scale(norm):
+    """llm.c's clipping at max_norm 1: the grads are scaled by 1/norm when the norm exceeds 1, else left alone;
+    the scale is the float64 quotient rounded to float32 once."""
+    norm_squared = np.array([norm * norm], np.float32)
+    scale = np.full(1, np.nan, np.float32)
+    grad_clip_scale(scale, norm_squared, 1.0)
+    stored_norm = math.sqrt(float(norm_squared[0]))  # the norm of the float32 sum of squares
+    assert scale.dtype == np.float32
+    if stored_norm > 1.0:
+        assert scale[0] < 1.0 and abs(float(scale[0]) * stored_norm - 1.0) <= 2 ** -24  # one rounding
+    else:
+        assert scale[0] == 1.0
