@@ -250,7 +250,7 @@ def test_sample_program_bad_input_is_one_line(small_model_file, d12_dir, tmp_pat
 ])
 def test_train_sampler_bad_input_is_one_line(small_model_file, d12_dir, args, message):
     proc = run(d12_dir, "train_gpt2cu.py", "--device", "cpu", "-e", small_model_file, "-b", 1, "-t", 32, "-x", 1,
-               *args, expect=1)
+               "-g", 16, *args, expect=1)
     one_line_error(proc, message)
 
 
