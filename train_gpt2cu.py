@@ -7,7 +7,8 @@
 
 Reads top to bottom as the algorithm: parse flags, build the model and loaders, then the loop
 {val loss, sample, checkpoint, train step}. Flags follow llm.c's rules exactly (pairs of `-x value`, one
-or two letters after the dash); `--device`, `--precision` and `--matmul` are this program's own additions.
+or two letters after the dash); `--device`, `--precision`, `--matmul` and `--attention` are this program's own
+additions.
 Several processes (mpirun, srun, or -pn/-pr with -pi tcp/fs) each train on their own slice of every batch
 and average gradients through llmc_py.zero; only rank 0 prints, logs, samples and writes the model file.
 """
@@ -19,6 +20,7 @@ import traceback
 import numpy as np
 
 from llmc_py import LlmcError, cuda, run_main
+from llmc_py.attention import ATTENTION_CHOICES
 from llmc_py.dataloader import DataLoader, EvalLoader
 from llmc_py.gpt2 import GPT2, Shard
 from llmc_py.hellaswag import evaluate as evaluate_hellaswag
@@ -74,7 +76,8 @@ FLAGS = {
 # letters whose unrecognized three-character forms still select the letter's flag, as in llm.c
 CATCH_ALL = set("ijeoybtducqxvmafwzrhkg")
 LONG_OPTIONS = {"--device": ("device", ("cuda", "cpu")), "--precision": ("precision", ("bf16", "fp32")),
-                "--matmul": ("matmul", ("cublas", "custom", "fp16fc"))}
+                "--matmul": ("matmul", ("cublas", "custom", "fp16fc")),
+                "--attention": ("attention", ATTENTION_CHOICES)}
 HELLASWAG_PATH = "dev/data/hellaswag/hellaswag_val.bin"
 TOKENIZER_PATH = "gpt2_tokenizer.bin"
 
@@ -120,7 +123,9 @@ Options:
   --device <cuda|cpu>   where to run (default = cuda)
   --precision <bf16|fp32> (default = bf16 on cuda; cpu runs fp32 only)
   --matmul <cublas|custom|fp16fc> fp32 on cuda: forward matmuls by cuBLAS SGEMM, our tiled kernel, or the MLP's
-                        first linear with fp16 operands (default = cublas)"""
+                        first linear with fp16 operands (default = cublas)
+  --attention <auto|cudnn|llmc> cuDNN flash attention or llm.c's kernels (default = auto: cuDNN for bf16 on a
+                        GPU where nvidia-cudnn-frontend and libcudnn load)"""
 
 
 class UsageError(Exception):
@@ -129,7 +134,7 @@ class UsageError(Exception):
 
 def parse_args(argv):
     opts = {name: default for name, _, default in FLAGS.values()}
-    opts.update(device="cuda", precision=None, matmul="cublas")
+    opts.update(device="cuda", precision=None, matmul="cublas", attention="auto")
     i = 0
     while i < len(argv):
         flag = argv[i]
@@ -335,7 +340,7 @@ def train(o, info, comm, device=None):
     model_kwargs = dict(recompute=o["recompute"], gelu_fusion=gelu_fusion,
                         use_master_weights=bool(o["use_master_weights"]),
                         rng_seed=13371337 + rank, comm=comm, device=o["device"], precision=o["precision"],
-                        matmul=o["matmul"], tf32=enable_tf32)
+                        matmul=o["matmul"], tf32=enable_tf32, attention=o["attention"])
     if resume_step >= 0:
         model = GPT2.from_checkpoint(checkpoint_paths(output_dir, resume_step, rank)[0], **model_kwargs)
     elif o["load_filename"].endswith(".bin"):
@@ -378,6 +383,7 @@ def train(o, info, comm, device=None):
     scheduler = LearningRateScheduler(o["lr_scheduler_type"], o["learning_rate"], o["warmup_iterations"],
                                       train_num_batches, o["final_learning_rate_frac"])
     model.allocate(B, T)
+    print(model.attention_line())
     for line in model.memory_report():
         print(line)
     start_step = 0
