@@ -5,12 +5,14 @@ a save / reload / continue check that must reproduce the same losses bit for bit
     python test_gpt2cu.py                                     # GPU, bf16: gpt2_124M_bf16.bin
     python test_gpt2cu.py --precision fp32 -r 0               # GPU, fp32: gpt2_124M.bin
     python test_gpt2cu.py --precision fp32 --matmul custom    # GPU, fp32 with our matmul kernel (or fp16fc)
+    python test_gpt2cu.py --attention llmc                    # GPU, bf16 with llm.c's attention kernels
 
 The expected losses come from the debug-state header when train_gpt2.py stored them there (any model,
 random init included), else from llm.c's list for GPT-2 124M. Their tolerance depends on which: llm.c's
 1e-5 (fp32) holds for GPT-2's trained weights, but from random init the loss path is sensitive enough
 that two correct float32 implementations differ by up to ~2e-4, so random-init fixtures use 1e-3.
-On the GPU the matmuls run without TF32 (as llm.c's test) and bf16 gets llm.c's bf16 tolerances (spec 3.2).
+On the GPU the matmuls run without TF32 (as llm.c's test) and bf16 gets llm.c's bf16 tolerances (spec 3.2),
+whichever attention runs (--attention auto takes cuDNN's for bf16 where it loads, as llm.c's USE_CUDNN=1 build).
 Prints `overall okay: 1` and exits 0 only if everything passed.
 """
 import os
@@ -37,12 +39,14 @@ GRAD_RELATIVE = 0.079
 STEPS = 10
 MODEL_CKPT, STATE_CKPT = "test_gpt2cu_model.ckpt", "test_gpt2cu_state.ckpt"
 USAGE = ("usage: python test_gpt2cu.py [-e model.bin] [--debug-state file] [--device cuda|cpu] "
-         "[--precision bf16|fp32] [--matmul cublas|custom|fp16fc] [-j val.bin] [-w 0|1] [-r 0|1|2] [-ge 0|1|2]")
+         "[--precision bf16|fp32] [--matmul cublas|custom|fp16fc] [--attention auto|cudnn|llmc] [-j val.bin] "
+         "[-w 0|1] [-r 0|1|2] [-ge 0|1|2]")
 
 
 def parse_args(argv):
     opts = {"-e": None, "--debug-state": None, "--device": "cuda", "--precision": None, "--matmul": "cublas",
-            "-j": "dev/data/tinyshakespeare/tiny_shakespeare_val.bin", "-w": "1", "-r": "1", "-ge": "0"}
+            "--attention": "auto", "-j": "dev/data/tinyshakespeare/tiny_shakespeare_val.bin", "-w": "1", "-r": "1",
+            "-ge": "0"}
     if len(argv) % 2:
         raise LlmcError(f"{argv[-1]}: missing value; {USAGE}")
     for flag, value in zip(argv[::2], argv[1::2]):
@@ -105,7 +109,7 @@ def main(argv):
     if gpu:
         cuda.init_device(0)
     kwargs = dict(recompute=int(o["-r"]), gelu_fusion=int(o["-ge"]), use_master_weights=o["-w"] == "1",
-                  device=o["--device"], precision=precision, matmul=o["--matmul"])
+                  device=o["--device"], precision=precision, matmul=o["--matmul"], attention=o["--attention"])
     model = GPT2.from_checkpoint(o["-e"], **kwargs)
     config = model.config
     state = read_debug_state(o["--debug-state"], config)
@@ -114,6 +118,7 @@ def main(argv):
     print(f"batch_size: {B}")
     print(f"seq_len: {T}")
     model.allocate(B, T)
+    print(model.attention_line())
 
     # forward only: logits over the real vocabulary
     logits = model.host(model.forward(state.x)[..., :V])

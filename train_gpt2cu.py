@@ -7,10 +7,10 @@
 
 Reads top to bottom as the algorithm: parse flags, build the model and loaders, then the loop
 {val loss, sample, checkpoint, train step}. Flags follow llm.c's rules exactly (pairs of `-x value`, one
-or two letters after the dash); `--device`, `--precision`, `--matmul`, `--cuda-graph` and the sampler's
-`--prompt`, `--top-k` and `--temperature` are this program's own additions. A training step is llmc_py.step's
-TrainStep: on the GPU its device work is captured once as CUDA graphs and replayed (`--cuda-graph 1`, the default
-there), and the loss and grad norm come back once per step.
+or two letters after the dash); `--device`, `--precision`, `--matmul`, `--attention`, `--cuda-graph` and the
+sampler's `--prompt`, `--top-k` and `--temperature` are this program's own additions. A training step is
+llmc_py.step's TrainStep: on the GPU its device work is captured once as CUDA graphs and replayed (`--cuda-graph 1`,
+the default there), and the loss and grad norm come back once per step.
 Several processes (mpirun, srun, or -pn/-pr with -pi tcp/fs) each train on their own slice of every batch
 and average gradients through llmc_py.zero; only rank 0 prints, logs, samples and writes the model file.
 """
@@ -22,6 +22,7 @@ import traceback
 import numpy as np
 
 from llmc_py import LlmcError, cuda, run_main
+from llmc_py.attention import ATTENTION_CHOICES
 from llmc_py.dataloader import DataLoader, EvalLoader
 from llmc_py.gpt2 import GPT2, Shard
 from llmc_py.hellaswag import evaluate as evaluate_hellaswag
@@ -78,7 +79,8 @@ FLAGS = {
 CATCH_ALL = set("ijeoybtducqxvmafwzrhkg")
 # long option -> (option name, its choices or its type)
 LONG_OPTIONS = {"--device": ("device", ("cuda", "cpu")), "--precision": ("precision", ("bf16", "fp32")),
-                "--matmul": ("matmul", ("cublas", "custom", "fp16fc")), "--cuda-graph": ("cuda_graph", ("0", "1")),
+                "--matmul": ("matmul", ("cublas", "custom", "fp16fc")), "--attention": ("attention", ATTENTION_CHOICES),
+                "--cuda-graph": ("cuda_graph", ("0", "1")),
                 "--prompt": ("prompt", str), "--top-k": ("top_k", int), "--temperature": ("temperature", float)}
 HELLASWAG_PATH = "dev/data/hellaswag/hellaswag_val.bin"
 TOKENIZER_PATH = "gpt2_tokenizer.bin"
@@ -126,6 +128,8 @@ Options:
   --precision <bf16|fp32> (default = bf16 on cuda; cpu runs fp32 only)
   --matmul <cublas|custom|fp16fc> fp32 on cuda: forward matmuls by cuBLAS SGEMM, our tiled kernel, or the MLP's
                         first linear with fp16 operands (default = cublas)
+  --attention <auto|cudnn|llmc> cuDNN flash attention or llm.c's kernels (default = auto: cuDNN for bf16 on a
+                        GPU where nvidia-cudnn-frontend and libcudnn load)
   --cuda-graph <0|1>    capture the training step as CUDA graphs and replay them (default = 1 on cuda)
   --prompt <string>     samples continue EOT + this text instead of EOT alone (-g still sets genT-1 new tokens)
   --top-k <int>         samples draw from the k most likely tokens only (default: all, llm.c's sampler)
@@ -145,8 +149,8 @@ def convert(flag, value, kind):
 
 def parse_args(argv):
     opts = {name: default for name, _, default in FLAGS.values()}
-    opts.update(device="cuda", precision=None, matmul="cublas", cuda_graph=None, prompt=None, top_k=None,
-                temperature=1.0)
+    opts.update(device="cuda", precision=None, matmul="cublas", attention="auto", cuda_graph=None, prompt=None,
+                top_k=None, temperature=1.0)
     i = 0
     while i < len(argv):
         flag = argv[i]
@@ -359,7 +363,7 @@ def train(o, info, comm, device=None):
     model_kwargs = dict(recompute=o["recompute"], gelu_fusion=gelu_fusion,
                         use_master_weights=bool(o["use_master_weights"]),
                         rng_seed=13371337 + rank, comm=comm, device=o["device"], precision=o["precision"],
-                        matmul=o["matmul"], tf32=enable_tf32)
+                        matmul=o["matmul"], tf32=enable_tf32, attention=o["attention"])
     if resume_step >= 0:
         model = GPT2.from_checkpoint(checkpoint_paths(output_dir, resume_step, rank)[0], **model_kwargs)
     elif o["load_filename"].endswith(".bin"):
@@ -402,6 +406,7 @@ def train(o, info, comm, device=None):
     if o["sample_every"] > 0:  # the run samples at its last step at least: a sample that cannot fit fails now
         check_fits(len(prompt), o["genT"] - 1, T, "the sequence length -t", "--prompt", f"-g {o['genT']}")
     model.allocate(B, T)
+    print(model.attention_line())
     for line in model.memory_report():
         print(line)
     start_step = 0

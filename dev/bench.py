@@ -3,6 +3,7 @@
     python dev/bench.py --device cpu -e gpt2_d12.bin -b 4 -t 64 --steps 5
     python dev/bench.py --device cuda -e gpt2_124M_bf16.bin -b 4 -t 1024            # bf16
     python dev/bench.py --device cuda --precision fp32 -e gpt2_124M.bin -b 4 -t 1024 # fp32, TF32 (-f 1)
+    python dev/bench.py --device cuda -e gpt2_124M_bf16.bin -b 64 -t 1024 --attention llmc  # without cuDNN
 
 Times whole steps (forward, backward, grad norm, AdamW) after --warmup untimed ones, the way train_gpt2cu.py
 runs and times them (llmc_py.step's TrainStep, CUDA events on the GPU, the batch drawn inside the step; with
@@ -24,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from llmc_py import LlmcError, cuda, run_main  # noqa: E402
 from llmc_py.dataloader import DataLoader  # noqa: E402
 from llmc_py.fileio import atomic_write  # noqa: E402
+from llmc_py.attention import ATTENTION_CHOICES  # noqa: E402
 from llmc_py.gpt2 import GPT2  # noqa: E402
 from llmc_py.mfu import estimate_mfu, format_mfu, get_flops_promised  # noqa: E402
 from llmc_py.step import TrainStep  # noqa: E402
@@ -49,6 +51,8 @@ def main():
     p.add_argument("--precision", default=None, choices=["bf16", "fp32"], help="default bf16 on cuda, fp32 on cpu")
     p.add_argument("--matmul", default="cublas", choices=["cublas", "custom", "fp16fc"], help="fp32 on cuda only")
     p.add_argument("-f", type=int, default=1, help="TF32 for the fp32 matmuls on the GPU (default 1)")
+    p.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
+                   help="cuDNN flash attention or llm.c's kernels (auto: cuDNN for bf16 where it loads)")
     p.add_argument("-e", default="gpt2_d12.bin", help="model .bin or descriptor (d6, d12, ...)")
     p.add_argument("-b", type=int, default=4)
     p.add_argument("-t", type=int, default=64)
@@ -72,7 +76,7 @@ def main():
         info = cuda.init_device(0)
         name, peak = info.name, get_flops_promised(info.name, precision)
     kwargs = dict(device=args.device, precision=precision, matmul=args.matmul, recompute=args.r,
-                  gelu_fusion=args.ge, tf32=bool(args.f))
+                  gelu_fusion=args.ge, tf32=bool(args.f), attention=args.attention)
     model = GPT2.from_checkpoint(args.e, **kwargs) if args.e.endswith(".bin") else GPT2.from_descriptor(args.e, **kwargs)
     c = model.config
     model.allocate(args.b, args.t)
@@ -98,6 +102,7 @@ def main():
     extra = f", --matmul {args.matmul}" if args.matmul != "cublas" else ""
     print(f"model {args.e}: {c.num_parameters:,} parameters, B={args.b} T={args.t}, device {name}, "
           f"{precision}{extra}, -r {args.r}, CUDA graph {'on' if cuda_graph else 'off'}")
+    print(model.attention_line())
     used = cuda.memory_usage()[0] if model.gpu else None
     memory = f" | {used} MiB device memory used" if model.gpu else ""
     print(f"median of {args.steps} steps: {dt * 1000:.1f} ms/step | {tokens_per_step / dt:.0f} tok/s | {format_mfu(mfu)}"

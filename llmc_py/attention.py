@@ -9,15 +9,54 @@ place, dpreatt. The 1/sqrt(HS) scale sits inside the softmax (exp(s * (x - max))
 dinp is assigned (=), not accumulated: it is the gradient of the QKV matmul's output.
 On the GPU (kernels_cu/attention.cu plus cuBLAS strided-batched GEMMs) the forward computes q @ k^T straight
 into att and runs the softmax in place there, and uses `inp` (free once permuted) for att @ v: no extra scratch.
+
+The other implementation is cuDNN's flash attention (bf16 on the GPU, llmc_py/attention_cudnn.py), reached through
+the same two calls: the saved state picks it. Handed the (B,NH,T) float32 softmax statistics as `att` instead of the
+(B,NH,T,T) matrix, the forward reads q, k, v by strides from `inp`, which must then be kept for the backward (llm.c's
+cuDNN layout: the QKV matmul writes qkvr[l] and that is passed as both `qkvr` and `inp`). Which one runs is decided
+once, by `choose_attention`: cuDNN for bf16 on a GPU where the package and library load, llm.c's kernels otherwise.
 """
 import math
 
 import numpy as np
 
-from llmc_py import blas
+from llmc_py import LlmcError, attention_cudnn, blas
 from llmc_py.cuda import launch, on_device, precision_of, x128_size
 
 PERMUTE_BLOCK, SOFTMAX_BLOCK = 256, 256  # kernels_cu/attention.cu; the softmax runs one warp per row
+ATTENTION_CHOICES = ("auto", "cudnn", "llmc")
+
+# ----------------------------------------------------------------------------
+# which implementation
+
+
+def choose_attention(requested, device, precision, info=None):
+    """('cudnn' or 'llmc', why) for --attention auto|cudnn|llmc on `device` in `precision` (info: the GPU's
+    DeviceInfo). auto takes cuDNN for bf16 on a GPU of sm_80 or newer where the frontend and libcudnn load;
+    asking for cudnn where it cannot run is one LlmcError line saying what is missing."""
+    if requested not in ATTENTION_CHOICES:
+        raise LlmcError(f"--attention {requested}: expected one of {', '.join(ATTENTION_CHOICES)}")
+    if requested == "llmc":
+        return "llmc", "--attention llmc"
+    if device != "cuda" or precision != "bf16":
+        why = "--device cpu runs the NumPy reference" if device != "cuda" else "cuDNN attention is bf16 only"
+        if requested == "cudnn":
+            raise LlmcError(f"--attention cudnn: runs with --device cuda --precision bf16 only ({why})")
+        return "llmc", why
+    cc = int(info.compute_capability)
+    if cc < attention_cudnn.MIN_COMPUTE_CAPABILITY:
+        why = f"sm_{cc}: cuDNN flash attention needs sm_{attention_cudnn.MIN_COMPUTE_CAPABILITY} or newer"
+        if requested == "cudnn":
+            raise LlmcError(f"--attention cudnn: {why}")
+        return "llmc", why
+    try:
+        cudnn = attention_cudnn.load()
+    except LlmcError as e:
+        if requested == "cudnn":
+            raise LlmcError(f"--attention cudnn: {e}") from None
+        return "llmc", str(e)
+    return "cudnn", f"{'--attention cudnn' if requested == 'cudnn' else 'bf16'} on sm_{cc}, " \
+        f"{attention_cudnn.versions(cudnn)}"
 
 # ----------------------------------------------------------------------------
 # NumPy reference
@@ -36,10 +75,13 @@ def _upper(T):
     return np.triu(np.ones((T, T), dtype=bool), k=1)
 
 
-def attention_forward(out, qkvr, att, inp, NH):
+def attention_forward(out, qkvr, att, inp, NH, workspace=None):
     """inp (B,T,3C) rows [q|k|v] -> qkvr (3,B,NH,T,HS) permuted q,k,v; att (B,NH,T,T) causal softmax
     probabilities of q k^T / sqrt(HS) (exact 0 for j > i); out (B,T,C) = att @ v, heads concatenated.
-    On the GPU inp is overwritten (it is the scratch of att @ v)."""
+    On the GPU inp is overwritten (it is the scratch of att @ v).
+    With att the (B,NH,T) f32 statistics, cuDNN: qkvr is inp, only read, and `workspace` is cuDNN's (uint8)."""
+    if att.ndim == 3:
+        return attention_cudnn.attention_forward(out, att, inp, NH, workspace)
     if on_device(out):
         return _forward_gpu(out, qkvr, att, inp, NH)
     B, T, C3 = inp.shape
@@ -57,12 +99,17 @@ def attention_forward(out, qkvr, att, inp, NH):
     np.copyto(_view(out, (B, T, NH, HS)), y.transpose(0, 2, 1, 3))
 
 
-def attention_backward(dinp, dqkvr, datt, scratch, dout, qkvr, att, NH):
+def attention_backward(dinp, dqkvr, datt, scratch, dout, qkvr, att, NH, workspace=None):
     """dout (B,T,C) -> dinp (B,T,3C) = gradient w.r.t. the forward's inp (assigned).
 
-    Buffers: scratch (B*T*C elements) receives the permuted dout (B,NH,T,HS); datt (B,NH,T,T) receives
-    dout_h @ v^T and then dpreatt; dqkvr (3,B,NH,T,HS) receives dq, dk, dv. qkvr and att as saved by the forward.
+    Buffers: scratch (B*T*C elements, the forward's `out`, no longer needed) receives the permuted dout
+    (B,NH,T,HS); datt (B,NH,T,T) receives dout_h @ v^T and then dpreatt; dqkvr (3,B,NH,T,HS) receives dq, dk, dv.
+    qkvr and att as saved by the forward.
+    With att the (B,NH,T) f32 statistics, cuDNN: qkvr is the forward's inp (B,T,3C), scratch its out (B,T,C),
+    read as flash attention's O; dqkvr and datt are not used.
     """
+    if att.ndim == 3:
+        return attention_cudnn.attention_backward(dinp, dout, qkvr, scratch.reshape(dout.shape), att, NH, workspace)
     if on_device(dinp):
         return _backward_gpu(dinp, dqkvr, datt, scratch, dout, qkvr, att, NH)
     B, T, C = dout.shape

@@ -22,6 +22,7 @@ import types
 import numpy as np
 
 from llmc_py import LlmcError
+from llmc_py.cuda import per_device
 
 WORKSPACE_BYTES = 32 << 20
 # cudaDataType_t (library_types.h)
@@ -258,12 +259,7 @@ _contexts = {}
 
 def context():
     """The Blas of the current GPU, made on first use."""
-    import cupy
-
-    index = cupy.cuda.Device().id
-    if index not in _contexts:
-        _contexts[index] = Blas()
-    return _contexts[index]
+    return per_device(_contexts, Blas)
 
 
 def set_tf32(enabled):

@@ -427,6 +427,16 @@ def device_info():
     return _devices[index][0]
 
 
+def per_device(contexts, make):
+    """contexts[current GPU], made by make() on first use: a library's handles and state, one set per GPU."""
+    import cupy
+
+    index = cupy.cuda.Device().id
+    if index not in contexts:
+        contexts[index] = make()
+    return contexts[index]
+
+
 def memory_usage():
     """(used MiB, total MiB) of the current GPU."""
     import cupy

@@ -7,7 +7,9 @@ the largest (B, T), live in one allocation (typed views at 256-byte aligned offs
 views of them for its own (B, T). Buffers are reused the way llm.c reuses them: `output` is the forward
 scratch, then the logits, then dlogits and datt; in the backward residual3[L-1] becomes the (B,T,C) gradient
 scratch, fch[l] holds dq/dk/dv and atty[l] the permuted dout. Recompute (-r 1: GELU, -r 2: GELU and
-layernorms) trades those activations for work.
+layernorms) trades those activations for work. With cuDNN attention (llm.c's USE_CUDNN layout) the QKV matmul writes
+qkvr[l] as (B,T,3C), which the attention backward reads again, the (L,B,NH,T,T) `att` is not allocated, and the
+arena holds the (L,B,NH,T) f32 softmax statistics and cuDNN's workspace instead.
 One code path serves both devices: `xp` is numpy (--device cpu, float32) or cupy (--device cuda, floatX =
 bf16 stored as uint16, or fp32), and each op picks its implementation from the array type. The GPU adds a
 few buffers the NumPy ops do not need (an f32 scratch for the deterministic reductions, the grad-norm slots)
@@ -30,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmc_py import LlmcError
-from llmc_py import blas, cuda
+from llmc_py import attention_cudnn, blas, cuda
 from llmc_py.adamw import HYPER_SIZE, adamw_hyper, adamw_update, init_from_master
-from llmc_py.attention import attention_backward, attention_forward
+from llmc_py.attention import attention_backward, attention_forward, choose_attention
 from llmc_py.cast import cast_floatx_to_f32
 from llmc_py.checkpoint import (MODEL_VERSION_BF16, MODEL_VERSION_FP32, STATE_MAGIC, STATE_VERSION, TrainingState,
                                 read_model, read_state, write_model, write_state)
@@ -90,7 +92,7 @@ def plan_arena(entries):
 class GPT2:
     def __init__(self, config, params, recompute=1, gelu_fusion=0, use_master_weights=True,
                  shard=Shard(), rng_seed=13371337, comm=None, device="cpu", precision="fp32", matmul="cublas",
-                 tf32=False):
+                 tf32=False, attention="auto"):
         if device not in DEVICES:
             raise LlmcError(f"--device {device}: expected one of {', '.join(DEVICES)}")
         if device == "cpu" and precision != "fp32":
@@ -120,6 +122,9 @@ class GPT2:
             self.device_info = None
             self.floatx = np.dtype(np.float32)
             self.params = np.ascontiguousarray(params, dtype=np.float32)
+        # 'cudnn' or 'llmc', and why; allocate() may still fall back to llmc when asked for auto
+        self.attention_requested = attention
+        self.attention, self.attention_reason = choose_attention(attention, device, precision, self.device_info)
         self.grads = self.xp.zeros(config.num_parameters, dtype=self.floatx)
         self.param_views = self._views(self.params)
         self.grad_views = self._views(self.grads)
@@ -195,15 +200,17 @@ class GPT2:
         L, C, NH, Vp = c.num_layers, c.channels, c.num_heads, c.padded_vocab_size
         BT = B * T
         r = self.recompute
+        cudnn_workspace = self._plan_cudnn(B, T)
+        att = 0 if self.attention == "cudnn" else L * B * NH * T * T
         sizes = dict(
             encoded=BT * C, ln1=0 if r >= 2 else L * BT * C, ln1_mean=L * BT, ln1_rstd=L * BT,
-            atty=L * BT * C, att=L * B * NH * T * T, residual2=L * BT * C, ln2=0 if r >= 2 else L * BT * C,
+            atty=L * BT * C, att=att, residual2=L * BT * C, ln2=0 if r >= 2 else L * BT * C,
             ln2_mean=L * BT, ln2_rstd=L * BT, fch=L * BT * 4 * C, fch_gelu=(L if r == 0 else 1) * BT * 4 * C,
             residual3=L * BT * C, lnf=BT * C, lnf_mean=BT, lnf_rstd=BT, losses=BT, qkvr=L * BT * 3 * C,
             output=BT * max(3 * C, NH * T, Vp), scratch_bt4c=BT * 4 * C, scratch_btc=BT * C)
         f32_names = ("ln1_mean", "ln1_rstd", "ln2_mean", "ln2_rstd", "lnf_mean", "lnf_rstd", "losses")
         entries = [(name, np.float32 if name in f32_names else self.floatx, n) for name, n in sizes.items()]
-        extras = self._extra_buffers(B, T) if self.gpu else []
+        extras = self._extra_buffers(B, T, cudnn_workspace) if self.gpu else []
         layout, total = plan_arena(entries + extras)
         arena = self.xp.zeros(max(total, 1), dtype=np.uint8)
         views = {name: arena[off:off + n * dt.itemsize].view(dt) for name, (off, dt, n) in layout.items()}
@@ -223,9 +230,24 @@ class GPT2:
                 self.master = self.xp.empty(n, dtype=np.float32)
         return sizes
 
-    def _extra_buffers(self, B, T):
-        """The GPU-only buffers: the f32 scratch of the deterministic reductions (layernorm and bias backward),
-        the grad-norm slots, and --matmul fp16fc's fp16 operands."""
+    def _plan_cudnn(self, B, T):
+        """With cuDNN attention: builds its training graphs for (B, T) and returns the workspace they need (bytes).
+        A model cuDNN cannot run falls back to llm.c's kernels when auto chose cuDNN, and stops when asked for it."""
+        if self.attention != "cudnn":
+            return 0
+        c = self.config
+        try:
+            return attention_cudnn.workspace_bytes(B, T, c.num_heads, c.channels // c.num_heads, self.precision)
+        except LlmcError as e:
+            if self.attention_requested == "cudnn":
+                raise LlmcError(f"--attention cudnn: {e}") from None
+            self.attention, self.attention_reason = "llmc", f"cuDNN cannot run this model: {e}"
+            return 0
+
+    def _extra_buffers(self, B, T, cudnn_workspace):
+        """The GPU-only buffers: the f32 scratch of the deterministic
+        reductions (layernorm and bias backward), the grad-norm slots, --matmul fp16fc's fp16 operands, and with
+        cuDNN attention the softmax statistics and its workspace."""
         c, info = self.config, self.device_info
         L, C, BT = c.num_layers, c.channels, B * T
         scratch = max([backward_scratch_floats(C, info.num_sms)] +
@@ -233,6 +255,9 @@ class GPT2:
         extras = [("scratch_f32", np.float32, scratch), ("norm_slots", np.float32, norm_slots(L, info))]
         if self.matmul == "fp16fc":
             extras.append(("fp16", np.uint16, fp16_scratch_elements(BT, C, 4 * C)))
+        if self.attention == "cudnn":
+            extras += [("att_stats", np.float32, L * B * c.num_heads * T),
+                       ("cudnn_workspace", np.uint8, cudnn_workspace)]
         return extras
 
     def _staging_entries(self, B, T):
@@ -249,7 +274,8 @@ class GPT2:
                           ("seeds", np.uint32, len(self.param_views))]
 
     def memory_report(self):
-        """llm.c's start-up lines: MiB per buffer group (and the device's memory use on the GPU)."""
+        """llm.c's start-up lines: MiB per buffer group (and the device's memory use on the GPU; with cuDNN attention
+        what its buffers take instead of the attention matrix)."""
         mib = lambda nbytes: int(nbytes) >> 20  # noqa: E731
         opt = self.shard_num_parameters * 4
         lines = [f"allocating {mib(self.grads.nbytes)} MiB for parameter gradients",
@@ -261,15 +287,28 @@ class GPT2:
         if self.gpu:
             used, total = cuda.memory_usage()
             lines.append(f"device memory usage: {used} MiB / {total} MiB")
+        if self.attention == "cudnn":
+            c = self.config
+            matrix = c.num_layers * self.B * c.num_heads * self.T * self.T * self.floatx.itemsize
+            lines.append(f"cuDNN attention: {mib(self.bufs['att_stats'].nbytes)} MiB softmax statistics and "
+                         f"{mib(self.bufs['cudnn_workspace'].nbytes)} MiB workspace in the activations, in place "
+                         f"of the {mib(matrix)} MiB attention matrix")
         return lines
 
+    def attention_line(self):
+        """The start-up line saying which attention runs and why."""
+        what = "cuDNN flash attention" if self.attention == "cudnn" else "llm.c's kernels (att matrix)"
+        return f"attention: {what} ({self.attention_reason})"
+
     def _layer(self, name, layer, *shape):
-        """View of layer `layer` of a per-layer activation, shaped for the current call (made once per shape)."""
+        """View of layer `layer` of a per-layer activation (or GPU buffer), shaped for the current call (made once
+        per shape)."""
         key = (name, layer, shape)
         view = self._view_cache.get(key)
         if view is None:
             n = math.prod(shape)
-            view = self._view_cache[key] = self.acts[name][layer * n:(layer + 1) * n].reshape(shape)
+            flat = self.acts[name] if name in self.acts else self.bufs[name]
+            view = self._view_cache[key] = flat[layer * n:(layer + 1) * n].reshape(shape)
         return view
 
     def _act(self, name, *shape):
@@ -342,6 +381,15 @@ class GPT2:
         values = self.host(self.scalars)
         return float(values[1]), float(values[0])
 
+    def _attention_state(self, layer, B, T):
+        """(qkvr, att): what the attention forward of `layer` saves for its backward. llm.c's kernels: q, k, v
+        permuted (3,B,NH,T,HS) and the (B,NH,T,T) probabilities; cuDNN: the QKV matmul output itself (B,T,3C),
+        written straight into qkvr[l], and the (B,NH,T) f32 softmax statistics."""
+        C, NH = self.config.channels, self.config.num_heads
+        if self.attention == "cudnn":
+            return self._layer("qkvr", layer, B, T, 3 * C), self._layer("att_stats", layer, B, NH, T)
+        return self._layer("qkvr", layer, 3, B, NH, T, C // NH), self._layer("att", layer, B, NH, T, T)
+
     def _variant(self, fc=False):
         """The forward matmul variant (fp32 GPU only): our kernel everywhere, or fp16 operands for the fc layer."""
         if self.matmul == "custom":
@@ -370,11 +418,11 @@ class GPT2:
         for l in range(L):
             residual = encoded if l == 0 else self._layer("residual3", l - 1, B, T, C)
             ln1 = self._ln_out("ln1", l, B, T)
-            qkv = self._act("output", B, T, 3 * C)
+            qkvr, att = self._attention_state(l, B, T)
+            qkv = qkvr if self.attention == "cudnn" else self._act("output", B, T, 3 * C)
             matmul_forward(qkv, ln1, p[4][l], p[5][l], variant=variant)
             atty = self._layer("atty", l, B, T, C)
-            attention_forward(atty, self._layer("qkvr", l, 3, B, NH, T, C // NH),
-                              self._layer("att", l, B, NH, T, T), qkv, NH)
+            attention_forward(atty, qkvr, att, qkv, NH, workspace=self.bufs.get("cudnn_workspace"))
             proj = self._act("output", B, T, C)
             matmul_forward(proj, atty, p[6][l], p[7][l], variant=variant)
             residual2 = self._layer("residual2", l, B, T, C)
@@ -469,9 +517,9 @@ class GPT2:
             matmul_backward(dl_btc, g[6][l], g[7][l], dresidual, atty, p[6][l], scratch=scratch)
             dqkv = self._act("scratch_bt4c", B, T, 3 * C)
             dqkvr = self._layer("fch", l, B * T * 4 * C)[:3 * B * T * C].reshape(3, B, NH, T, C // NH)
-            attention_backward(dqkv, dqkvr, self._act("output", B, NH, T, T),
-                               atty, dl_btc, self._layer("qkvr", l, 3, B, NH, T, C // NH),
-                               self._layer("att", l, B, NH, T, T), NH)
+            qkvr, att = self._attention_state(l, B, T)
+            attention_backward(dqkv, dqkvr, self._act("output", B, NH, T, T), atty, dl_btc, qkvr, att, NH,
+                               workspace=self.bufs.get("cudnn_workspace"))
             ln1 = self._ln_out("ln1", l, B, T)
             if self.recompute >= 2:
                 layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, p[2][l], p[3][l])

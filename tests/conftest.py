@@ -16,7 +16,7 @@ for _p in (REPO_ROOT, REPO_ROOT / "dev" / "data"):
         sys.path.insert(0, str(_p))
 
 # the fake GPU's checks are plain asserts in a helper module: let pytest explain them like a test's own
-pytest.register_assert_rewrite("fake_gpu")
+pytest.register_assert_rewrite("fake_gpu", "fake_cudnn")
 
 # ----------------------------------------------------------------------------
 # shared test data: LLMC_TEST_DATA, default ../shared/data from the repo root

@@ -13,6 +13,7 @@ What it checks, on every call the GPU path makes:
 - cuBLAS / cuBLASLt calls at the level of raw pointers: every matrix footprint (rows, cols, ld) must lie inside
   one device allocation, op(A) op(B) dimensions must agree with m, n, k, the layouts, epilogue pointers and
   leading dimensions must fit, the stream must be the current CuPy stream and the workspace a device buffer.
+tests/fake_cudnn.py adds cuDNN (the real frontend's graphs and validation, a checked execute) where it is installed.
 With emulate=True it also computes: each kernel by NumPy (the llmc_py references where they exist, rounding to
 bf16 where the kernel stores floatX; stochastic rounding becomes round-to-nearest) and each GEMM from the raw
 pointers in column-major, so the GPU orchestration can be compared with the CPU path number for number.
@@ -41,6 +42,8 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
+import fake_cudnn
 
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels_cu"
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -1018,6 +1021,7 @@ LIBRARY_CALLS = {
     "cublasLt.matrix_layout_create": "host", "cublasLt.matmul_preference_create": "host",
     "cublasLt.matmul_preference_set_attribute": "host", "cublasLt.matmul_algo_get_heuristic": "host",
     "cublasLt.matmul": "work",
+    "cudnn.create_handle": "setup", "cudnn.pygraph": "setup",  # a graph is declared and its plans built at allocate
 }
 
 DESC_ATTRIBUTES = {"TRANSA": (3, np.int32), "TRANSB": (4, np.int32), "EPILOGUE": (7, np.uint32),
@@ -1144,16 +1148,18 @@ def _fake_cublaslt(gpu):
 
 
 def install(monkeypatch, emulate=False, **kwargs):
-    """Puts the fake cupy and nvmath modules into sys.modules (undone after the test) and clears llmc_py's caches
-    of modules, devices and BLAS contexts; returns the FakeGPU."""
+    """Puts the fake cupy, nvmath and cudnn modules into sys.modules (undone after the test) and clears llmc_py's
+    caches of modules, devices, BLAS and cuDNN contexts; returns the FakeGPU."""
+    import llmc_py.attention_cudnn
     import llmc_py.blas
     import llmc_py.cuda
     gpu = FakeGPU(emulate=emulate, **kwargs)
-    for name, module in {**gpu.cupy_module(), **gpu.nvmath_modules()}.items():
+    for name, module in {**gpu.cupy_module(), **gpu.nvmath_modules(), **fake_cudnn.modules(gpu)}.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(llmc_py.cuda, "_modules", {})
     monkeypatch.setattr(llmc_py.cuda, "_functions", {})
     monkeypatch.setattr(llmc_py.cuda, "_devices", {})
     monkeypatch.setattr(llmc_py.blas, "_contexts", {})
     monkeypatch.setattr(sys.modules[__name__], "_active", gpu)
+    monkeypatch.setattr(llmc_py.attention_cudnn, "_contexts", {})
     return gpu

@@ -255,6 +255,7 @@ CASES = [
     ("bf16", dict(), "cublas"),
     ("bf16", dict(recompute=0, gelu_fusion=2), "cublas"),
     ("bf16", dict(recompute=2, gelu_fusion=1, use_master_weights=False), "cublas"),
+    ("bf16", dict(attention="llmc"), "cublas"),  # the bf16 cases above take cuDNN's attention (auto)
 ]
 
 
@@ -270,6 +271,7 @@ def test_gpu_path_matches_cpu(emulated, tiny_params, precision, flags, matmul):
     expected_val = cpu.validate(*data[-1])
     emulated.emulate = True
     model = gpt2(tiny_params, device="cuda", precision=precision, matmul=matmul, **flags)
+    assert model.attention == flags.get("attention", "cudnn" if precision == "bf16" else "llmc")
     got = train(model, data)
     val = model.validate(*data[-1])
     exact = precision == "fp32" and matmul != "fp16fc"
@@ -513,7 +515,8 @@ def wide_debug_state(d12_dir, wide_model, tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision,flags", [("fp32", []), ("bf16", []), ("fp32", ["-r", "0", "-ge", "1"]),
-                                             ("bf16", ["-r", "2", "-ge", "2"]), ("bf16", ["-w", "0"])])
+                                             ("bf16", ["-r", "2", "-ge", "2"]), ("bf16", ["-w", "0"]),
+                                             ("bf16", ["--attention", "llmc"])])
 def test_gpt2cu_program_on_fake_gpu(emulated, wide_debug_state, wide_model, tmp_path, monkeypatch, capsys, precision,
                                     flags):
     """test_gpt2cu.py --device cuda on a debug state written from the CPU path: with the emulation the GPU path
@@ -526,6 +529,8 @@ def test_gpt2cu_program_on_fake_gpu(emulated, wide_debug_state, wide_model, tmp_
     out = capsys.readouterr().out
     assert out.rstrip().splitlines()[-1] == "overall okay: 1", out[-4000:]
     assert status == 0 and out.count("TENSOR OK") == 16
+    cudnn = precision == "bf16" and "llmc" not in flags  # --attention auto takes cuDNN for bf16
+    assert f"attention: {'cuDNN flash attention' if cudnn else 'llm.c'}" in out
     assert "OK (reload determinism over 10 steps)" in out
 
 
