@@ -160,6 +160,76 @@ def test_blas_checker_catches_mistakes(fake):
         ctx.sgemm(False, False, 16, 16, 16, a.data.ptr, 16, a.data.ptr, 16, out.data.ptr, 16)
     with pytest.raises(ValueError, match="do not fit"):
         blas.matmul(out, a, a)
+    # cublasSetStream drops a user workspace: a GEMM after set_stream alone would run on cuBLAS's own pool
+    import nvmath.bindings.cublas as cublas
+    cublas.set_stream(ctx.handle, ctx.stream)
+    with pytest.raises(LlmcError, match="set_workspace after every set_stream"):
+        ctx.sgemm(False, False, 8, 8, 16, a.data.ptr, 8, a.data.ptr, 16, out.data.ptr, 8)
+
+
+def test_fakes_are_the_real_libraries_api(fake):
+    """The fakes take what the installed CuPy, nvmath-python and CuPy's NCCL take, and refuse the rest: names and
+    enum values are the real ones, and every call is bound to the real signature with its C types."""
+    import cupy
+    import nvmath.bindings.cublas as cublas
+    import nvmath.bindings.cublasLt as lt
+    real = fake_gpu.real_libraries()
+    assert cublas.Operation is real.cublas.Operation and lt.Epilogue is real.lt.Epilogue
+    assert lt.matmul_heuristic_result_dtype == real.lt.matmul_heuristic_result_dtype
+    for module in (cupy, cupy.cuda, cupy.cuda.runtime, cupy.cuda.nccl, cublas, lt):
+        for name, value in vars(module).items():
+            if callable(value) and not isinstance(value, type) and not name.startswith("_") \
+                    and getattr(value, "__module__", None) == fake_gpu.__name__:
+                assert hasattr(value, "__wrapped__"), f"{module.__name__}.{name} is not checked against the real API"
+    a = cupy.zeros((8, 16), dtype=cupy.float32)
+    h = cublas.create()
+    cases = [
+        (lambda: cublas.sgemm(h, 0, 0, 8, 8, 16, 0, a.data.ptr, 8.0, 0, 16, 0, 0, 8), "lda is a C int, got float"),
+        (lambda: cublas.sgemm(h, 0, 0, 8, 8, 16, 0, a.data.ptr, 2 ** 31, 0, 16, 0, 0, 8), "does not fit a C int"),
+        (lambda: cublas.set_workspace(h, a.data.ptr), "missing a required argument"),
+        (lambda: lt.matrix_layout_create(type_=0, rows=8, cols=8, ld=8), "missing a required argument: 'type'"),
+        (lambda: cupy.RawModule(code="", options=["-DENABLE_BF16"]), "options must be tuple"),
+        (lambda: cupy.cuda.nccl.NcclCommunicator(1, tuple(range(128)), 0), "commId must be bytes"),
+        (lambda: cupy.cuda.Stream(True, False, False, 0, 1), "too many positional arguments"),
+    ]
+    for call, message in cases:
+        with pytest.raises(AssertionError, match=re.escape(message)):
+            call()
+    with pytest.raises(ValueError, match="Shape mismatch"):  # CuPy's set() wants the shape, not just the size
+        a.set(np.zeros(8 * 16, np.float32))
+    with pytest.raises(AttributeError):
+        cublas.GemmAlgo.DEFAULT_ALGO  # an enum member the real library lacks is missing here too
+    sig = fake_gpu.real_api("cublasLt.matrix_layout_create")
+    assert list(sig.signature.parameters) == ["type", "rows", "cols", "ld"] and sig.ctypes["ld"] == "int64_t"
+
+
+def test_cublas_workspace_survives_a_stream_change(fake):
+    """A new current stream (the capture stream of a CUDA graph, say) reaches cuBLAS with our workspace again."""
+    import cupy
+    from llmc_py import blas
+    a, out = cupy.zeros((8, 16), dtype=cupy.float32), cupy.zeros((8, 8), dtype=cupy.float32)
+    blas.matmul(out, a, a, trans_b=True)
+    cupy.cuda.Stream(non_blocking=True).use()
+    blas.matmul(out, a, a, trans_b=True)  # the fake refuses a GEMM without our workspace on the handle
+    blas.batched_matmul(out.reshape(1, 8, 8), a.reshape(1, 8, 16), a.reshape(1, 8, 16), trans_b=True)
+
+
+def test_cublaslt_plan_serves_less_aligned_views(emulated):
+    """A cuBLASLt algorithm is chosen once per shape and reused for every view of that shape: chosen on
+    256-byte aligned buffers, it must still run on views only 16 bytes aligned (per-layer slices of an odd B*T,
+    C=1600, the sampler's B=1); cuBLASLt assumes 256 unless told the real minimum."""
+    from llmc_py import blas
+    rng = np.random.default_rng(3)
+    M, N, K = 3, 16, 24
+    x, w, bias = (rng.standard_normal(shape).astype(np.float32) for shape in ((2, M, K), (N, K), (N,)))
+    w_d, bias_d = _dev(w, np.uint16), _dev(bias, np.uint16)
+    x_d = _dev(x.reshape(2 * M, K), np.uint16)            # row M starts 3*24*2 = 144 bytes in: 16-byte aligned
+    out_d, aux_d = (_dev(np.zeros((2 * M + 1, N), np.float32), np.uint16) for _ in range(2))
+    for i, row in ((0, 0), (1, M)):
+        out, aux = out_d[row + i:row + i + M], aux_d[row + i:row + i + M]   # rows 0.. then 4..: 128-byte offsets
+        blas.matmul(out, x_d[row:row + M], w_d, trans_b=True, bias=bias_d, gelu_aux=aux)
+        expected = _q(x[i], np.uint16) @ _q(w, np.uint16).T + _q(bias, np.uint16)
+        np.testing.assert_allclose(_host(aux), expected, rtol=2e-2, atol=2e-2)
 
 # ----------------------------------------------------------------------------
 # row-major GEMMs through the column-major libraries
@@ -310,16 +380,64 @@ def test_zero1_shard_matches_cpu(emulated, tiny_params, rank):
     assert_params_close(model.host(model.m), cpu.m, atol=1e-7)
 
 
+def allocations_during(run):
+    """The sizes of the device allocations made while run() runs, as a CuPy memory hook sees them: every malloc
+    from CuPy's pool, whether or not the pool could serve it from its cache (the fake GPU reports all of its own).
+    tests/test_gpu_backend.py uses it on a real GPU."""
+    import cupy
+
+    class Recorder(cupy.cuda.memory_hook.MemoryHook):
+        name = "llmc_allocations_during"
+
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def malloc_preprocess(self, **kwargs):
+            self.sizes.append(kwargs["size"])
+
+    recorder = Recorder()
+    with recorder:
+        run()
+    return recorder.sizes
+
+
 def test_nothing_allocated_inside_a_step(fake, tiny_params):
     """After allocate(), training steps (including the first update), the grad norm, validation and a short
-    forward make no device allocation at all."""
-    model = gpt2(tiny_params, device="cuda", precision="bf16")
-    before = len(fake.registry.allocations)
+    forward make no device allocation at all, with one process and with NCCL at world size 1."""
+    import cupy
+    from llmc_py.zero import ProcessInfo, make_communicator
     data = batches(5)
-    train(model, data, steps=2)
-    model.validate(*data[-1])
-    model.forward(data[0][0][:1, :5])
-    assert len(fake.registry.allocations) == before
+    comm = make_communicator(ProcessInfo(0, 1, 0, "flags", "mpi"), "cuda")
+    for model in (gpt2(tiny_params, device="cuda", precision="bf16"),
+                  gpt2(tiny_params, device="cuda", precision="fp32", comm=comm)):
+        def steps():
+            train(model, data, steps=2)
+            model.validate(*data[-1])
+            model.forward(data[0][0][:1, :5])
+        assert allocations_during(steps) == []
+    assert allocations_during(lambda: cupy.empty(10, dtype=cupy.float32)) == [40]  # the hook does see them
+    assert allocations_during(lambda: model.params.reshape(-1, 2)[:, 0].get()) == [model.params.nbytes // 2]
+
+
+def test_nccl_world_size_1_matches_cpu(emulated, tiny_params):
+    """One process on --device cuda reduces through NCCL, as on the GPU: through the fake NCCL (the installed
+    CuPy's NCCL signatures, device memory, the current stream) training gives the CPU path's numbers, the
+    gradients are averaged in balanced groups, and host scalars come back."""
+    from llmc_py.zero import NcclCommunicator, ProcessInfo, make_communicator
+    comm = make_communicator(ProcessInfo(0, 1, 0, "flags", "mpi"), "cuda")
+    assert isinstance(comm, NcclCommunicator)
+    data = batches(4)
+    emulated.emulate = False
+    expected = train(gpt2(tiny_params), data, steps=2)
+    emulated.emulate = True
+    got = train(gpt2(tiny_params, device="cuda", precision="fp32", comm=comm), data, steps=2)
+    for (loss, norm2), (ref_loss, ref_norm2) in zip(got, expected):
+        assert loss == pytest.approx(ref_loss, rel=2e-6) and norm2 == pytest.approx(ref_norm2, rel=1e-4)
+    assert emulated.nccl_group_depth == 0
+    assert {call[0] for call in emulated.nccl_calls} == {"allReduce"}
+    assert len(emulated.nccl_calls) == 2 * (12 * TINY.num_layers + 4 + 1)  # per step: the grads and the loss
+    assert comm.all_reduce_scalar(2.5, "avg") == 2.5 and comm.all_reduce_sum(1.25) == 1.25
 
 
 def test_memory_report(fake, tiny_params):
