@@ -440,6 +440,32 @@ def test_nccl_world_size_1_matches_cpu(emulated, tiny_params):
     assert comm.all_reduce_scalar(2.5, "avg") == 2.5 and comm.all_reduce_sum(1.25) == 1.25
 
 
+def test_fused_classifier_refuses_a_vocab_off_the_packet(fake):
+    """Each logits row must start on a 16-byte packet: a padded vocab that is not a whole number of packets
+    (8 bf16 values, 4 fp32) is refused with one clear error, not run into misaligned loads."""
+    import cupy
+    from llmc_py.fused_classifier import fused_classifier
+    losses, targets = cupy.zeros((2, 3), dtype=cupy.float32), cupy.zeros((2, 3), dtype=cupy.int32)
+    with pytest.raises(LlmcError, match="padded vocab size 1004 .* multiple of 8"):
+        fused_classifier(cupy.zeros((2, 3, 1004), dtype=cupy.uint16), losses, 0.1, targets, 1000)
+    fused_classifier(cupy.zeros((2, 3, 1004), dtype=cupy.float32), losses, 0.1, targets, 1000)  # 251 fp32 packets
+    with pytest.raises(LlmcError, match="at least the vocab"):
+        fused_classifier(cupy.zeros((2, 3, 1000), dtype=cupy.float32), losses, 0.1, targets, 1001)
+
+
+def test_missing_cuda_headers_is_one_line(monkeypatch):
+    """CuPy 14 raises a RuntimeError before NVRTC runs when no CUDA runtime headers are found: it becomes one
+    line naming the CUDA 12 and CUDA 13 packages."""
+    fake_gpu.install(monkeypatch, headers_missing=True)
+    from llmc_py import cuda
+    cuda.init_device(0)
+    with pytest.raises(LlmcError) as error:
+        cuda.load_module("gelu", "bf16")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("gelu.cu (bf16): CuPy finds no CUDA runtime headers")
+    assert "nvidia-cuda-runtime-cu12 (CUDA 12)" in message and "nvidia-cuda-runtime (CUDA 13)" in message
+
+
 def test_memory_report(fake, tiny_params):
     model = gpt2(tiny_params, device="cuda", precision="bf16")
     lines = model.memory_report()
