@@ -881,6 +881,8 @@ class FakeGPU:
             "name": gpu.device_name.encode(), "multiProcessorCount": gpu.num_sms,
             "maxThreadsPerMultiProcessor": 2048, "major": 9, "minor": 0, "totalGlobalMem": 80 << 30})
         runtime.memGetInfo = conforming("cupy.cuda.runtime.memGetInfo")(lambda: (70 << 30, 80 << 30))
+        runtime.driverGetVersion = conforming("cupy.cuda.runtime.driverGetVersion")(lambda: 13000)
+        runtime.runtimeGetVersion = conforming("cupy.cuda.runtime.runtimeGetVersion")(lambda: 13000)
         cuda.runtime = runtime
 
         class Device:
@@ -1225,6 +1227,9 @@ def _fake_cublaslt(gpu):
     def create():
         return new("handle")
 
+    def get_version():
+        return 130000
+
     def matmul_desc_create(compute_type, scale_type):
         assert compute_type == ct.COMPUTE_32F and scale_type == dt.CUDA_R_32F, \
             f"matmul desc: compute {compute_type}, scale {scale_type}"
@@ -1315,7 +1320,7 @@ def _fake_cublaslt(gpu):
                 gelu_backward_inplace(x, _values(aux)[0].astype(np.float32))
                 _store_matrix(Dm[0], x)
 
-    for fn in (create, matmul_desc_create, matmul_desc_set_attribute, matrix_layout_create, matmul_preference_create,
+    for fn in (create, get_version, matmul_desc_create, matmul_desc_set_attribute, matrix_layout_create, matmul_preference_create,
                matmul_preference_set_attribute, matmul_algo_get_heuristic, matmul):
         setattr(mod, fn.__name__, conforming(f"cublasLt.{fn.__name__}")(fn))
     return mod

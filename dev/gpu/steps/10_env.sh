@@ -4,6 +4,8 @@ source dev/gpu/lib.sh
 nvidia-smi
 "$PY" - <<'PY'
 import importlib.metadata as md
+import os
+import sys
 import time
 
 import cupy
@@ -39,15 +41,23 @@ try:
     print(f"cuDNN {cudnn.backend_version()} (frontend {cudnn.__version__})")
 except Exception as e:  # reported, not fatal here: the attention step decides
     print(f"cuDNN unavailable: {type(e).__name__}: {e}")
-loaded = 0
-for path in cuda.kernel_files():
+print(f"CUDA runtime headers (cuda_bf16.h) for NVRTC: {cuda.cuda_include_dir()}")
+loaded, failed = 0, []
+for path in cuda.kernel_files():  # every module, even after a failure: one run shows them all
     for precision in cuda.PRECISION_DEFINES:
         t0 = time.perf_counter()
-        cuda.load_module(path.stem, precision)
+        try:
+            cuda.load_module(path.stem, precision)
+        except Exception as e:
+            failed.append(f"{path.stem}/{precision}")
+            print(f"FAILED to load {path.name} {precision}: {type(e).__name__}: {e}")
+            continue
         loaded += 1
         print(f"loaded {path.name:<22} {precision} in {time.perf_counter() - t0:.2f} s")
-with open(__import__("os").environ["FIGURE"], "w") as f:
+with open(os.environ["FIGURE"], "w") as f:
     f.write(f"{info.name} sm_{info.compute_capability}, driver {fmt(rt.driverGetVersion())}, runtime "
             f"{fmt(rt.runtimeGetVersion())}, cupy {cupy.__version__}, nvmath {version('nvmath-python')}, "
-            f"cuBLASLt {lt.get_version()}, {loaded} modules loaded\n")
+            f"cuBLASLt {lt.get_version()}, {loaded} modules loaded"
+            f"{'; FAILED: ' + ' '.join(failed) if failed else ''}\n")
+sys.exit(1 if failed else 0)
 PY
