@@ -39,11 +39,12 @@ OPERAND_ALIGN = 16  # bytes every cuBLASLt pointer (A, B, C, D, bias, aux) is gu
 
 def _import_bindings():
     """(cublas, cublasLt) binding modules. nvmath's package __init__ also imports its high-level APIs (and through
-    them cuda-core); where those are missing the binding modules themselves still load, so fall back to them."""
+    them cuda-core and cuda-bindings); where those are missing, or fail to load (a version made for another CUDA),
+    the binding modules themselves still load, so fall back to them."""
     try:
         from nvmath.bindings import cublas, cublasLt
         return cublas, cublasLt
-    except ImportError as e:
+    except Exception as e:  # ImportError, or whatever a mismatched cuda-core / cuda-bindings raises on import
         first = e
     names = ("nvmath.bindings.cublas", "nvmath.bindings.cublasLt")
     if not all(name in sys.modules for name in names):

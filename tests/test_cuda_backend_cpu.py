@@ -11,6 +11,7 @@ assumes: tests/test_kernels_gpu.py and test_gpt2cu.py on a GPU do that.
 """
 import importlib.util
 import re
+import subprocess
 import sys
 
 import ml_dtypes
@@ -201,6 +202,26 @@ def test_fakes_are_the_real_libraries_api(fake):
         cublas.GemmAlgo.DEFAULT_ALGO  # an enum member the real library lacks is missing here too
     sig = fake_gpu.real_api("cublasLt.matrix_layout_create")
     assert list(sig.signature.parameters) == ["type", "rows", "cols", "ld"] and sig.ctypes["ld"] == "int64_t"
+
+
+@pytest.mark.parametrize("failure", ["ImportError", "RuntimeError"])
+def test_nvmath_bindings_load_without_its_high_level_packages(failure):
+    """nvmath's package __init__ imports cuda-core (and through it cuda-bindings), which the GPU machine may lack
+    or have for another CUDA; llmc_py.blas then loads the cuBLAS bindings on their own (in a fresh process)."""
+    code = f"""
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "cuda" and name.split(".")[1:2] in (["core"], ["bindings"]):
+            raise {failure}("refused: " + name)
+sys.meta_path.insert(0, Refuse())
+from llmc_py.blas import _import_bindings
+cublas, lt = _import_bindings()
+print(cublas.__name__, lt.__name__, int(lt.Epilogue.GELU_AUX_BIAS), "cuda.core" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["nvmath.bindings.cublas", "nvmath.bindings.cublasLt", "164", "False"]
 
 
 def test_cublas_workspace_survives_a_stream_change(fake):
