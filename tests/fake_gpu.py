@@ -294,6 +294,15 @@ class DeviceArray(np.ndarray):
             raise RuntimeError("Cannot set to non-contiguous array")
         plain(self)[...] = arr
 
+    @conforming("cupy.ndarray.reshape")
+    def reshape(self, *shape, order="C", copy=None):
+        out = super().reshape(*shape, order=order)
+        if np.may_share_memory(plain(out), plain(self)):
+            return out
+        copied = self.registry.allocate(out.shape, out.dtype)  # CuPy copies into a new device array, as NumPy does
+        plain(copied)[...] = plain(out)
+        return copied
+
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         raise TypeError(f"numpy ufunc {ufunc.__name__} applied to a device array")
 

@@ -439,6 +439,7 @@ def test_nothing_allocated_inside_a_step(fake, tiny_params):
         assert allocations_during(steps) == []
     assert allocations_during(lambda: cupy.empty(10, dtype=cupy.float32)) == [40]  # the hook does see them
     assert allocations_during(lambda: model.params.reshape(-1, 2)[:, 0].get()) == [model.params.nbytes // 2]
+    assert allocations_during(lambda: model.params.reshape(-1, 4)[:, :2].reshape(-1)) == [model.params.nbytes // 2]
 
 
 def test_nccl_world_size_1_matches_cpu(emulated, tiny_params):
