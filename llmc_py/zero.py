@@ -387,7 +387,12 @@ class NcclCommunicator(SingleProcess):
             self.nccl.groupEnd()
 
     def abort(self, message):
+        """With other ranks: print, abort the communicator, exit at once. Alone there is no one to take down,
+        and the error goes its ordinary way (run_main's one line, or a traceback)."""
         import sys
+        if self.num_processes == 1:
+            return
+        sys.stdout.flush()
         print(message, file=sys.stderr, flush=True)
         with contextlib.suppress(Exception):
             self.comm.abort()

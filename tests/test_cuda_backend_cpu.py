@@ -626,6 +626,15 @@ def test_train_program_on_fake_gpu(emulated, d12_dir, wide_model, tmp_path, monk
     assert "resumed from step 3" in out and re.search(r"^step +4/4 \| loss", out, re.M)
 
 
+def test_one_gpu_failure_is_an_ordinary_error(fake, tmp_path, capsys):
+    """NCCL at world size 1 (every one-GPU run) has no other rank to take down: a failing run ends the ordinary
+    way, an LlmcError for run_main's one line, not os._exit (which would also drop unflushed output)."""
+    train_program = load_program("train_gpt2cu_failing", "train_gpt2cu.py")
+    with pytest.raises(LlmcError, match="missing.bin"):
+        train_program.main(["-e", str(tmp_path / "missing.bin"), "-b", "2", "-t", "16"])
+    assert "error:" not in capsys.readouterr().err  # printed once, by run_main, not also by the communicator
+
+
 @pytest.fixture(scope="module")
 def wide_debug_state(d12_dir, wide_model, tmp_path_factory):
     """The debug state of wide_model written from the CPU path, as train_gpt2.py writes one: the first val batch,
