@@ -462,6 +462,24 @@ def test_nccl_world_size_1_matches_cpu(emulated, tiny_params):
     assert comm.all_reduce_scalar(2.5, "avg") == 2.5 and comm.all_reduce_sum(1.25) == 1.25
 
 
+def test_one_gpu_runs_on_when_nccl_cannot_start(fake, monkeypatch, capsys, tmp_path):
+    """NCCL may fail to start on a machine without a usable network interface for its bootstrap; one process has
+    nothing to reduce, so it goes on without NCCL, saying so; several processes would have to fail."""
+    import cupy
+    from llmc_py.zero import ProcessInfo, SingleProcess, make_communicator
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("NCCL_ERROR_SYSTEM_ERROR: unhandled system error\n(bootstrap: no socket interface found)")
+    monkeypatch.setattr(cupy.cuda.nccl, "NcclCommunicator", refuse)
+    comm = make_communicator(ProcessInfo(0, 1, 0, "flags", "mpi"), "cuda")
+    assert type(comm) is SingleProcess
+    assert capsys.readouterr().err == ("NCCL did not start (RuntimeError: NCCL_ERROR_SYSTEM_ERROR: unhandled system "
+                                       "error (bootstrap: no socket interface found)); one process has nothing to "
+                                       "reduce: continuing without it\n")
+    with pytest.raises(RuntimeError, match="NCCL_ERROR_SYSTEM_ERROR"):
+        make_communicator(ProcessInfo(0, 2, 0, "flags", "fs"), "cuda", fs_path=str(tmp_path))
+
+
 def test_fused_classifier_refuses_a_vocab_off_the_packet(fake):
     """Each logits row must start on a 16-byte packet: a padded vocab that is not a whole number of packets
     (8 bf16 values, 4 fp32) is refused with one clear error, not run into misaligned loads."""
