@@ -7,11 +7,15 @@ out (M, N) = op(a) (M, K) @ op(b) (K, N) is the column-major out^T = op(b)^T op(
 B our a, m = N, n = M, k = K, and a transpose flag carries over unchanged (transa is trans_b). Every linear layer
 and every attention product is one `matmul` / `batched_matmul` call in row-major words above that.
 Below it is the thin layer that touches nvmath: our own cuBLAS and cuBLASLt handles, one 32 MiB workspace, the
-current CuPy stream (so a step can later be captured as a CUDA graph), f32 compute everywhere; cuBLASLt
-descriptors, layouts and the heuristic's algorithm are made once per shape and epilogue and kept, and only the
-bias / aux pointers are set per call. Tests stand a recording fake in for the two nvmath modules.
-nvmath is imported on first use, never at import time; constants of the CUDA C ABI (cudaDataType) are spelled
-out here so nothing else of nvmath is needed.
+current CuPy stream (so a step can later be captured as a CUDA graph), f32 compute everywhere. cuBLAS forgets a
+user workspace whenever its stream changes (cublasSetStream falls back to its own pool, which allocates), so the
+workspace is set again with every stream change. cuBLASLt descriptors, layouts and the heuristic's algorithm are
+made once per shape and epilogue and kept, and only the bias / aux pointers are set per call; the algorithm is
+asked for with the alignment every operand is guaranteed (16 bytes: the arena's 256-byte views are sliced per
+layer and batch, so a view may be only 16-byte aligned), not cuBLASLt's default of 256, which could pick an
+algorithm that the next, less aligned view of the same shape cannot run. Tests stand a recording fake in for the
+two nvmath modules. nvmath is imported on first use, never at import time; constants of the CUDA C ABI
+(cudaDataType) are spelled out here so nothing else of nvmath is needed, and attribute value types are nvmath's.
 """
 import importlib
 import importlib.util
@@ -28,11 +32,7 @@ WORKSPACE_BYTES = 32 << 20
 # cudaDataType_t (library_types.h)
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
 DATA_TYPES = {np.dtype(np.float32): CUDA_R_32F, np.dtype(np.uint16): CUDA_R_16BF}  # device floatX storage
-# value types of the cuBLASLt attributes we set (cublasLt.h): name -> numpy dtype of the buffer passed
-DESC_ATTRIBUTE_TYPES = {"TRANSA": np.int32, "TRANSB": np.int32, "EPILOGUE": np.uint32, "BIAS_POINTER": np.uint64,
-                        "BIAS_DATA_TYPE": np.int32, "EPILOGUE_AUX_POINTER": np.uint64,
-                        "EPILOGUE_AUX_LD": np.int64}
-PREFERENCE_ATTRIBUTE_TYPES = {"MAX_WORKSPACE_BYTES": np.uint64}
+OPERAND_ALIGN = 16  # bytes every cuBLASLt pointer (A, B, C, D, bias, aux) is guaranteed and checked to have
 
 # ----------------------------------------------------------------------------
 # nvmath bindings
@@ -40,11 +40,12 @@ PREFERENCE_ATTRIBUTE_TYPES = {"MAX_WORKSPACE_BYTES": np.uint64}
 
 def _import_bindings():
     """(cublas, cublasLt) binding modules. nvmath's package __init__ also imports its high-level APIs (and through
-    them cuda-core); where those are missing the binding modules themselves still load, so fall back to them."""
+    them cuda-core and cuda-bindings); where those are missing, or fail to load (a version made for another CUDA),
+    the binding modules themselves still load, so fall back to them."""
     try:
         from nvmath.bindings import cublas, cublasLt
         return cublas, cublasLt
-    except ImportError as e:
+    except Exception as e:  # ImportError, or whatever a mismatched cuda-core / cuda-bindings raises on import
         first = e
     names = ("nvmath.bindings.cublas", "nvmath.bindings.cublasLt")
     if not all(name in sys.modules for name in names):
@@ -108,12 +109,12 @@ class Blas:
 
         self.cupy = cupy
         self.cublas, self.lt = _import_bindings()
+        # cuBLAS and cuBLASLt share the workspace: both run on the one stream, one call after the other
         self.workspace = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
         self.handle = self.cublas.create()
         self.lt_handle = self.lt.create()
-        # cuBLAS and cuBLASLt share the workspace: both run on the one stream, one call after the other
-        self.cublas.set_workspace(self.handle, self.workspace.data.ptr, WORKSPACE_BYTES)
         self.stream = None
+        self._stream_ptr()  # the current stream, and with it our workspace
         self.tf32 = None
         self.set_tf32(False)
         self.one = np.ones(1, dtype=np.float32)   # alpha, beta: host pointers (cuBLAS's default pointer mode)
@@ -134,9 +135,12 @@ class Blas:
             self.tf32 = enabled
 
     def _stream_ptr(self):
+        """The current stream, made the cuBLAS handle's if it changed, with our workspace set again (cuBLAS drops
+        a user workspace on every set_stream)."""
         ptr = self.cupy.cuda.get_current_stream().ptr
         if ptr != self.stream:
             self.cublas.set_stream(self.handle, ptr)
+            self.cublas.set_workspace(self.handle, self.workspace.data.ptr, WORKSPACE_BYTES)
             self.stream = ptr
         return ptr
 
@@ -148,8 +152,14 @@ class Blas:
     # cuBLASLt
 
     def _set_desc(self, desc, name, value):
-        buf = np.array([value], dtype=DESC_ATTRIBUTE_TYPES[name])
-        self.lt.matmul_desc_set_attribute(desc, int(self.lt.MatmulDescAttribute[name]), buf.ctypes.data, buf.itemsize)
+        attr = self.lt.MatmulDescAttribute[name]
+        buf = np.array([value], dtype=self.lt.get_matmul_desc_attribute_dtype(attr))
+        self.lt.matmul_desc_set_attribute(desc, int(attr), buf.ctypes.data, buf.itemsize)
+
+    def _set_preference(self, preference, name, value):
+        attr = self.lt.MatmulPreferenceAttribute[name]
+        buf = np.array([value], dtype=self.lt.get_matmul_preference_attribute_dtype(attr))
+        self.lt.matmul_preference_set_attribute(preference, int(attr), buf.ctypes.data, buf.itemsize)
 
     def _lt_plan(self, data_type, transa, transb, m, n, k, lda, ldb, ldc, epilogue, bias_ptr, aux_ptr):
         key = (data_type, transa, transb, m, n, k, lda, ldb, ldc, epilogue, bias_ptr != 0, aux_ptr != 0)
@@ -184,9 +194,9 @@ class Blas:
         plan.b_layout = lt.matrix_layout_create(data_type, *((n, k) if transb else (k, n)), ldb)
         plan.c_layout = lt.matrix_layout_create(data_type, m, n, ldc)
         plan.preference = lt.matmul_preference_create()
-        buf = np.array([WORKSPACE_BYTES], dtype=PREFERENCE_ATTRIBUTE_TYPES["MAX_WORKSPACE_BYTES"])
-        lt.matmul_preference_set_attribute(plan.preference, int(lt.MatmulPreferenceAttribute.MAX_WORKSPACE_BYTES),
-                                           buf.ctypes.data, buf.itemsize)
+        self._set_preference(plan.preference, "MAX_WORKSPACE_BYTES", WORKSPACE_BYTES)
+        for operand in "ABCD":  # the plan serves every view of this shape, not just the first one's alignment
+            self._set_preference(plan.preference, f"MIN_ALIGNMENT_{operand}_BYTES", OPERAND_ALIGN)
         plan.heuristic = np.zeros(1, dtype=lt.matmul_heuristic_result_dtype)
         found = np.zeros(1, dtype=np.int32)
         lt.matmul_algo_get_heuristic(self.lt_handle, plan.desc, plan.a_layout, plan.b_layout, plan.c_layout,
@@ -205,6 +215,9 @@ class Blas:
                   epilogue="DEFAULT", bias_ptr=0, aux_ptr=0):
         """D (m x n, column-major, ld ldc) = op(A) op(B) [+ D if accumulate] with a cuBLASLt epilogue
         (DEFAULT, BIAS, GELU_AUX_BIAS, DGELU); C is D."""
+        if (a_ptr | b_ptr | d_ptr | bias_ptr | aux_ptr) % OPERAND_ALIGN:
+            raise LlmcError(f"cuBLASLt matmul m={m} n={n} k={k}: an operand is not {OPERAND_ALIGN}-byte aligned "
+                            f"(A {a_ptr:#x}, B {b_ptr:#x}, D {d_ptr:#x}, bias {bias_ptr:#x}, aux {aux_ptr:#x})")
         plan = self._lt_plan(data_type, transa, transb, m, n, k, lda, ldb, ldc, epilogue, bias_ptr, aux_ptr)
         if bias_ptr:
             self._set_desc(plan.desc, "BIAS_POINTER", bias_ptr)

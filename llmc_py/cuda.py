@@ -37,6 +37,11 @@ CHECK_ARCHS = ("80", "90")  # what CI compiles for: A100 and H100
 # the flags cupy.RawModule appends to ours on every NVRTC compile (besides -arch and its own include paths)
 CUPY_EXTRA_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 NVRTC_PACKAGES = "cupy-cuda12x nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12"
+# where cuda_bf16.h and the other CUDA runtime headers come from, for CuPy 12 and 13 alike
+HEADERS_HINT = ("pip install nvidia-cuda-runtime-cu12 (CUDA 12) or nvidia-cuda-runtime (CUDA 13), "
+                "or set CUDA_PATH to a CUDA toolkit")
+# the start of the RuntimeError CuPy 14 raises before NVRTC runs when it finds no CUDA runtime headers
+CUPY_HEADERS_MISSING = "Failed to find CUDA headers"
 
 # ----------------------------------------------------------------------------
 # options
@@ -107,7 +112,7 @@ def nvrtc_options(precision, arch=None):
 def _failure(what, log):
     hint = ""
     if "cuda_bf16.h" in log and cuda_include_dir() is None:
-        hint = " (cuda_bf16.h not found: pip install nvidia-cuda-runtime-cu12, or set CUDA_PATH)"
+        hint = f" (cuda_bf16.h not found: {HEADERS_HINT})"
     return LlmcError(f"{what}: NVRTC compilation failed{hint}\n{log.strip()}")
 
 # ----------------------------------------------------------------------------
@@ -164,6 +169,11 @@ def load_module(name, precision, name_expressions=None):
             module.compile()
         except cupy.cuda.compiler.CompileException as e:
             raise _failure(f"{path.name} ({precision})", str(e)) from None
+        except RuntimeError as e:
+            if CUPY_HEADERS_MISSING not in str(e):
+                raise
+            raise LlmcError(f"{path.name} ({precision}): CuPy finds no CUDA runtime headers (cuda_bf16.h) to "
+                            f"compile the kernels with: {HEADERS_HINT}") from None
         _modules[key] = module
     return module
 

@@ -11,7 +11,8 @@ On the GPU (kernels_cu/fused_classifier.cu) one 1024-thread block handles one ro
 """
 import numpy as np
 
-from llmc_py.cuda import launch, on_device, precision_of
+from llmc_py import LlmcError
+from llmc_py.cuda import launch, on_device, precision_of, x128_size
 
 CLASSIFIER_BLOCK = 1024  # kernels_cu/fused_classifier.cu
 
@@ -43,6 +44,10 @@ def fused_classifier(logits, losses, dloss, targets, V):
 def _fused_classifier_gpu(logits, losses, dloss, targets, V):
     P = logits.shape[-1]
     BT = logits.size // P
+    precision = precision_of(logits)
+    X = x128_size(precision)
+    if P % X != 0 or not 0 < V <= P:  # each row starts on a 16-byte packet: a row of P values must fill whole ones
+        raise LlmcError(f"fused classifier: padded vocab size {P} (vocab {V}) must be at least the vocab and a "
+                        f"multiple of {X} ({precision} values per 16-byte packet) on the GPU; llm.c pads to 128")
     launch("fused_classifier", "fused_classifier_kernel", (BT,), (CLASSIFIER_BLOCK,),
-           (logits, losses, dloss, targets, np.int32(BT), np.int32(V), np.int32(P)),
-           precision_of(logits))
+           (logits, losses, dloss, targets, np.int32(BT), np.int32(V), np.int32(P)), precision)

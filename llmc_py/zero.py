@@ -387,7 +387,12 @@ class NcclCommunicator(SingleProcess):
             self.nccl.groupEnd()
 
     def abort(self, message):
+        """With other ranks: print, abort the communicator, exit at once. Alone there is no one to take down,
+        and the error goes its ordinary way (run_main's one line, or a traceback)."""
         import sys
+        if self.num_processes == 1:
+            return
+        sys.stdout.flush()
         print(message, file=sys.stderr, flush=True)
         with contextlib.suppress(Exception):
             self.comm.abort()
@@ -398,7 +403,9 @@ class NcclCommunicator(SingleProcess):
 
 def make_communicator(info, device, server_ip="", fs_path=""):
     """The communicator for this run: on --device cpu MPI, or SingleProcess for one process; on cuda NCCL,
-    for one process too when NCCL is installed (as llm.c's multi-GPU build), so one GPU runs the same path."""
+    for one process too when NCCL is installed (as llm.c's multi-GPU build), so one GPU runs the same path.
+    One process falls back to SingleProcess, with a notice on stderr, when NCCL cannot start (no usable network
+    interface for its bootstrap, say): alone it has nothing to reduce."""
     if device == "cpu":
         if info.num_processes == 1:
             return SingleProcess()
@@ -409,6 +416,13 @@ def make_communicator(info, device, server_ip="", fs_path=""):
     if info.num_processes == 1:
         from cupy.cuda import nccl
         if not nccl.available:
+            return SingleProcess()
+        try:
+            return NcclCommunicator(info, server_ip, fs_path)
+        except Exception as e:  # NcclError from the library, or a CUDA error on its first use
+            import sys
+            print(f"NCCL did not start ({type(e).__name__}: {' '.join(str(e).split())}); one process has nothing "
+                  f"to reduce: continuing without it", file=sys.stderr)
             return SingleProcess()
     mpi = MpiCommunicator(info) if info.init_method == "mpi" and info.num_processes > 1 else None
     return NcclCommunicator(info, server_ip, fs_path, mpi)

@@ -10,19 +10,28 @@ What it checks, on every call the GPU path makes:
   accepts one. Grid and block within CUDA's limits, block equal to the kernel's __launch_bounds__ (the kernels
   index shared memory with those constants), dynamic shared memory within 48 KiB, and per kernel that the grid
   covers the work and every buffer is big enough for what the kernel touches (RULES below).
+- every call into CuPy, nvmath's cublas / cublasLt bindings and CuPy's NCCL against the installed library's own
+  signature (read with inspect, or off the signature line Cython writes into docstrings and binaries): the
+  arguments must bind to its parameters, and C-typed ones must convert as Cython would convert them (an int in
+  range, never a float; bytes, tuple). Enums, attribute value types and the heuristic-result layout are the
+  installed nvmath-python's own objects, so a name or value the real library lacks fails here too.
 - cuBLAS / cuBLASLt calls at the level of raw pointers: every matrix footprint (rows, cols, ld) must lie inside
   one device allocation, op(A) op(B) dimensions must agree with m, n, k, the layouts, epilogue pointers and
-  leading dimensions must fit, the stream must be the current CuPy stream and the workspace a device buffer.
+  leading dimensions must fit, the stream must be the current CuPy stream and the workspace ours (cublasSetStream
+  drops it, as the real one does), and a cuBLASLt algorithm runs only on pointers as aligned as its preference's
+  MIN_ALIGNMENT_*_BYTES said (cuBLASLt's default: 256).
+- NCCL at world size 1 (the identity) on device memory and the current stream; memory hooks
+  (cupy.cuda.memory_hook) see every allocation, as CuPy's pool reports them.
 tests/fake_cudnn.py adds cuDNN (the real frontend's graphs and validation, a checked execute) where it is installed.
 With emulate=True it also computes: each kernel by NumPy (the llmc_py references where they exist, rounding to
 bf16 where the kernel stores floatX; stochastic rounding becomes round-to-nearest) and each GEMM from the raw
 pointers in column-major, so the GPU orchestration can be compared with the CPU path number for number.
 
 CUDA graphs, modeled on CuPy 14's API: `Stream.begin_capture()` / `end_capture()` -> `Graph`, `Graph.upload()` /
-`launch()`. Device work (kernel launches, cuBLAS/cuBLASLt GEMMs, memsets, `fill`, async copies) goes through
-`FakeGPU.enqueue`: it runs at once, or while a capture is open it is recorded (and not run, as CUDA records
-without running) with the arguments frozen as the call made them; `Graph.launch()` runs the recording again.
-So a per-step value passed by value into a captured launch stays at its capture-time value on every replay,
+`launch()`. Device work (kernel launches, cuBLAS/cuBLASLt GEMMs, NCCL collectives, memsets, `fill`, async copies)
+goes through `FakeGPU.enqueue`: it runs at once, or while a capture is open it is recorded (and not run, as CUDA
+records without running) with the arguments frozen as the call made them; `Graph.launch()` runs the recording
+again. So a per-step value passed by value into a captured launch stays at its capture-time value on every replay,
 and a replayed run diverges from an eager one. Inside a capture these fail with CaptureError: allocating (device
 or pinned), synchronizing (stream, event, device), reading back (`.get()`, indexing a scalar out, `float()`),
 a blocking `.set()`, loading a module, work on a stream other than the capturing one, and a library call that
@@ -30,14 +39,20 @@ cannot be captured. Library calls are classified in LIBRARY_CALLS ("work": enque
 "host": host-side state only; "setup": allocates or synchronizes, never inside a capture); a fake library
 function is registered with `gpu.library(name, fn)`, and a new library (say cuDNN's execute) declares its calls
 by adding them to LIBRARY_CALLS and enqueueing its computation with `gpu.enqueue`.
-Install with `install(monkeypatch, emulate=...)`, which puts the modules into sys.modules for one test.
+Install with `install(monkeypatch, emulate=...)`, which puts the modules into sys.modules for one test; the real
+CuPy and nvmath-python (both import without a GPU) are imported first and kept as the reference.
 """
+import ast
 import ctypes
+import functools
+import importlib
+import importlib.util
+import inspect
 import math
+import operator
 import re
 import sys
 import types
-from enum import IntEnum
 from pathlib import Path
 
 import ml_dtypes
@@ -48,6 +63,204 @@ import fake_cudnn
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels_cu"
 BF16 = np.dtype(ml_dtypes.bfloat16)
 SMEM_LIMIT = 48 << 10
+
+# ----------------------------------------------------------------------------
+# the real libraries' API: every call into a fake is first checked against the installed library's signature
+
+
+# C parameter types of the Cython bindings and the Python integers they take
+C_INTEGER_RANGES = {"int": (-2 ** 31, 2 ** 31), "unsigned int": (0, 2 ** 32), "int64_t": (-2 ** 63, 2 ** 63),
+                    "long long": (-2 ** 63, 2 ** 63), "intptr_t": (-2 ** 63, 2 ** 63), "size_t": (0, 2 ** 64),
+                    "uint64_t": (0, 2 ** 64)}
+PYTHON_TYPES = {"bytes": bytes, "str": str, "tuple": tuple, "list": list, "dict": dict}
+SIGNATURE_LINE_RE = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*(?:->\s*\w+)?\s*$")
+# CuPy 14's RawModule compile when cuda-pathfinder finds no CUDA runtime headers (cupy/_core/core.pyx,
+# assemble_cupy_compiler_options: raised before NVRTC runs; Cython stores it compressed in the binary)
+CUPY_HEADERS_MISSING = ("Failed to find CUDA headers. Please install CUDA toolkit headers (e.g., pip install "
+                        "cupy-cuda12x[ctk]) or specify CUDA_PATH environment variable.")
+# nccl.h's values of the constants cupy.cuda.nccl exports (CuPy exposes none of them without libnccl)
+NCCL_H_VALUES = {"NCCL_SUM": 0, "NCCL_PROD": 1, "NCCL_MAX": 2, "NCCL_MIN": 3, "NCCL_AVG": 4,
+                 "NCCL_INT8": 0, "NCCL_CHAR": 0, "NCCL_UINT8": 1, "NCCL_INT32": 2, "NCCL_INT": 2,
+                 "NCCL_UINT32": 3, "NCCL_INT64": 4, "NCCL_UINT64": 5, "NCCL_FLOAT16": 6, "NCCL_HALF": 6,
+                 "NCCL_FLOAT32": 7, "NCCL_FLOAT": 7, "NCCL_FLOAT64": 8, "NCCL_DOUBLE": 8, "NCCL_BFLOAT16": 9}
+NCCL_DTYPES = {"NCCL_FLOAT32": np.float32, "NCCL_BFLOAT16": np.uint16, "NCCL_FLOAT16": np.float16,
+               "NCCL_INT32": np.int32}
+
+
+def _split_params(text):
+    """The comma-separated items of a parameter list; commas inside brackets or quotes stay."""
+    items, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+def _literal(text):
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def parse_signature_line(line):
+    """(name, inspect.Signature, {parameter: C type}) of a signature line as Cython writes it at the top of a
+    docstring, e.g. 'gemm_ex(intptr_t handle, int transa, ...) -> intptr_t' or
+    "RawModule(str code=None, *, tuple options=(), ...)"; None for any other line."""
+    match = SIGNATURE_LINE_RE.match(line)
+    if match is None:
+        return None
+    P = inspect.Parameter
+    params, ctypes_, kind = [], {}, P.POSITIONAL_OR_KEYWORD
+    for item in _split_params(match[2]):
+        decl, eq, default = item.partition("=")
+        words = decl.split()
+        if not words or not re.fullmatch(r"\*{0,2}\w+|\*", words[-1]):
+            return None
+        name = words[-1]
+        if name == "*":
+            kind = P.KEYWORD_ONLY
+        elif name.startswith("**"):
+            params.append(P(name[2:], P.VAR_KEYWORD))
+        elif name.startswith("*"):
+            params.append(P(name[1:], P.VAR_POSITIONAL))
+            kind = P.KEYWORD_ONLY
+        else:
+            params.append(P(name, kind, default=_literal(default) if eq else P.empty))
+            if len(words) > 1:
+                ctypes_[name] = " ".join(words[:-1])
+    return match[1], inspect.Signature(params), ctypes_
+
+
+class Api:
+    """A real callable's parameters (names, kinds, defaults) and the C types of its typed ones."""
+
+    def __init__(self, where, signature, ctypes_):
+        self.where, self.signature, self.ctypes = where, signature, ctypes_
+
+    def check(self, args, kwargs):
+        """Asserts that the real callable would accept these arguments: they bind to its parameters, and every
+        C-typed one converts (an integer in range, not a float; bytes for bytes, a tuple for tuple...)."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise AssertionError(f"{self.where}{self.signature}: {e}") from None
+        for name, value in bound.arguments.items():
+            ctype = self.ctypes.get(name)
+            if ctype in C_INTEGER_RANGES:
+                try:
+                    number = operator.index(value)
+                except TypeError:
+                    raise AssertionError(f"{self.where}: {name} is a C {ctype}, got {type(value).__name__} "
+                                         f"{value!r}") from None
+                low, high = C_INTEGER_RANGES[ctype]
+                assert low <= number < high, f"{self.where}: {name} = {number} does not fit a C {ctype}"
+            elif ctype in PYTHON_TYPES:
+                assert value is None or isinstance(value, PYTHON_TYPES[ctype]), \
+                    f"{self.where}: {name} must be {ctype}, got {type(value).__name__}"
+        return bound
+
+
+def api_of(obj, where):
+    """The Api of a real function, method or class: the signature line Cython puts at the top of its docstring
+    (with C types), else inspect's signature."""
+    lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    parsed = parse_signature_line(lines[0]) if lines else None
+    if parsed is not None and parsed[0].split(".")[-1] == getattr(obj, "__name__", None):
+        return Api(where, parsed[1], parsed[2])
+    return Api(where, inspect.signature(obj), {})
+
+
+def _nccl_api():
+    """({name: Api} of NcclCommunicator (constructor and methods) and cupy.cuda.nccl's functions, {constant:
+    value}), read off the installed CuPy's NCCL extension. Without libnccl CuPy's nccl module exposes nothing but
+    `available`, so the signature lines Cython embeds in the extension file are read from the file itself."""
+    spec = importlib.util.find_spec("cupy_backends.cuda.libs.nccl")
+    assert spec is not None and spec.origin, "CuPy's NCCL extension (cupy_backends.cuda.libs.nccl) is not installed"
+    data = Path(spec.origin).read_bytes()
+    apis = {}
+    for chunk in re.split(rb"[\x00\n]", data):
+        if not re.match(rb"\s*(NcclCommunicator\b|[a-z_A-Z]\w*\()", chunk):
+            continue
+        parsed = parse_signature_line(chunk.decode("latin-1"))
+        if parsed is not None:
+            apis.setdefault(parsed[0], Api(f"nccl.{parsed[0]}", parsed[1], parsed[2]))
+    names = {m.decode() for m in re.findall(rb"(?<![\w])NCCL_[A-Z0-9_]+\b", data)}
+    assert "NcclCommunicator" in apis and names, f"{spec.origin}: no NCCL signatures found"
+    import cupy.cuda.nccl as real_nccl
+    constants = {name: getattr(real_nccl, name, NCCL_H_VALUES.get(name)) for name in names}
+    return apis, {name: value for name, value in constants.items() if value is not None}
+
+
+@functools.lru_cache(maxsize=None)
+def real_libraries():
+    """The installed CuPy, nvmath-python bindings and CuPy's NCCL API that the fakes stand in for, imported once,
+    before any fake is installed (CuPy imports without a GPU; it warns when libnccl is missing)."""
+    import warnings
+    assert not isinstance(sys.modules.get("cupy"), _FakeModule), "real_libraries() while a fake is installed"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import cupy
+        import cupy.cuda.memory_hook  # noqa: F401
+        import cupy.cuda.nccl  # noqa: F401
+    from llmc_py.blas import _import_bindings
+    cublas, lt = _import_bindings()
+    nccl_apis, nccl_constants = _nccl_api()
+    return types.SimpleNamespace(cupy=cupy, cublas=cublas, lt=lt, nccl_apis=nccl_apis,
+                                 nccl_constants=nccl_constants,
+                                 data_type=importlib.import_module("nvmath._utils").CudaDataType)
+
+
+@functools.lru_cache(maxsize=None)
+def real_api(path):
+    """The Api of a real callable by path: 'cupy.ndarray.get', 'cublas.sgemm', 'cublasLt.matmul',
+    'nccl.NcclCommunicator.allReduce'. A path the installed library lacks fails here."""
+    lib = real_libraries()
+    root, _, rest = path.partition(".")
+    if root == "nccl":
+        assert rest in lib.nccl_apis, f"the installed CuPy's NCCL has no {rest}"
+        return lib.nccl_apis[rest]
+    obj = {"cupy": lib.cupy, "cublas": lib.cublas, "cublasLt": lib.lt}[root]
+    for name in rest.split("."):
+        assert hasattr(obj, name), f"the installed library has no {path}"
+        obj = getattr(obj, name)
+    return api_of(obj, path)
+
+
+def conforming(path, method=False):
+    """Decorator for a fake callable: each call is first checked against the real `path`'s signature (a method
+    or constructor of a fake class passes `method=True`: self is not checked against a class signature)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            api = real_api(path)
+            if method and "self" not in api.signature.parameters:
+                api.check(args[1:], kwargs)
+            else:
+                api.check(args, kwargs)
+            return fn(*args, **kwargs)
+        return call
+    return wrap
+
+
+# the keywords RawKernel.__call__ forwards to Function.__call__ (cupy/cuda/function.pyx in CuPy 14, whose binary
+# carries no signature line; RawKernel passes enable_cooperative_groups itself, so that one is not allowed)
+FUNCTION_CALL_API = Api("cupy.RawKernel.__call__", *parse_signature_line(
+    "__call__(tuple grid, tuple block, args, size_t shared_mem=0, stream=None)")[1:])
+
+
+class _FakeModule(types.ModuleType):
+    """A module of the fake GPU (so real_libraries() can tell it from the real one)."""
 
 # ----------------------------------------------------------------------------
 # device memory
@@ -80,30 +293,53 @@ class _Memory:
 
 
 class DeviceArray(np.ndarray):
-    """NumPy memory posing as a cupy.ndarray: `.data.ptr`, `.get()`, `.set()`; NumPy functions and ufuncs on it
-    raise (as implicit host conversion does with CuPy), so the GPU path must go through kernels, cuBLAS and
-    cupy methods only."""
+    """NumPy memory posing as a cupy.ndarray: `.data.ptr`, `.get()`, `.set()` with CuPy's signatures and rules;
+    NumPy functions and ufuncs on it raise (as implicit host conversion does with CuPy), so the GPU path must go
+    through kernels, cuBLAS and cupy methods only."""
+
+    def __array_finalize__(self, obj):
+        self.registry = getattr(obj, "registry", None)
 
     @property
     def data(self):
         return _Memory(self.__array_interface__["data"][0])
 
+    @conforming("cupy.ndarray.get")
     def get(self, stream=None, order="C", out=None, blocking=True):
         _readback("get()")
-        return np.array(self.view(np.ndarray), copy=True, order="C")
+        if out is not None:
+            if type(out) is not np.ndarray or out.dtype != self.dtype or out.shape != self.shape:
+                raise ValueError(f"get: out must be a numpy.ndarray of {self.dtype} {self.shape}")
+        if not self.flags.c_contiguous:  # CuPy first copies a non-contiguous array into a new device array
+            self.registry.allocate(self.shape, self.dtype)
+        host = np.array(plain(self), copy=True, order="C")
+        if out is None:
+            return host
+        out[...] = host
+        return out
 
+    @conforming("cupy.ndarray.set")
     def set(self, arr, stream=None):
         if _active is not None:
             _active.forbid("a blocking set() from host memory")
         if type(arr) is not np.ndarray:
-            raise TypeError(f"set: expected a numpy.ndarray, got {type(arr).__name__}")
-        if arr.size != self.size:
-            raise ValueError(f"set: shape mismatch {arr.shape} into {self.shape}")
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
         if arr.dtype != self.dtype:
-            raise TypeError(f"set: {arr.dtype} array cannot be set to a {self.dtype} array")
+            raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
+        if arr.shape != self.shape:  # CuPy wants the same shape, not just the same size
+            raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
         if not self.flags.c_contiguous:
-            raise RuntimeError("set: cannot set to a non-contiguous array")
-        self.view(np.ndarray).reshape(-1)[...] = arr.reshape(-1)
+            raise RuntimeError("Cannot set to non-contiguous array")
+        plain(self)[...] = arr
+
+    @conforming("cupy.ndarray.reshape")
+    def reshape(self, *shape, order="C", copy=None):
+        out = super().reshape(*shape, order=order)
+        if np.may_share_memory(plain(out), plain(self)):
+            return out
+        copied = self.registry.allocate(out.shape, out.dtype)  # CuPy copies into a new device array, as NumPy does
+        plain(copied)[...] = plain(out)
+        return copied
 
     def fill(self, value):
         """CuPy's fill launches a kernel on the current stream."""
@@ -158,20 +394,32 @@ def _readback(what):
 
 
 class Registry:
-    """Every fake device allocation: (start address, nbytes, backing uint8 array)."""
+    """Every fake device allocation: (start address, nbytes, backing uint8 array); each one is reported to the
+    registered memory hooks as CuPy's pool reports a malloc (cupy.cuda.memory_hook)."""
 
     def __init__(self):
         self.allocations = []
+        self.hooks = []
 
     def allocate(self, shape, dtype):
+        if _active is not None:
+            _active.forbid("a device allocation")
         dtype = np.dtype(dtype)
         shape = (shape,) if np.isscalar(shape) else tuple(shape)
         nbytes = math.prod(shape) * dtype.itemsize
+        mem_size = -(-nbytes // 512) * 512  # CuPy's pool rounds up to 512 bytes
+        for hook in self.hooks:
+            hook.malloc_preprocess(device_id=0, size=nbytes, mem_size=mem_size)
         raw = np.zeros(nbytes + 512, dtype=np.uint8)
         skip = (-raw.ctypes.data) % 256  # cudaMalloc returns 256-byte aligned memory
         buf = raw[skip:skip + nbytes]
         self.allocations.append((buf.ctypes.data, nbytes, buf))
-        return buf.view(dtype).reshape(shape).view(DeviceArray)
+        for hook in self.hooks:
+            hook.malloc_postprocess(device_id=0, size=nbytes, mem_size=mem_size, mem_ptr=buf.ctypes.data,
+                                    pmem_id=id(buf))
+        array = buf.view(dtype).reshape(shape).view(DeviceArray)
+        array.registry = self
+        return array
 
     def find(self, ptr, nbytes):
         for start, size, buf in self.allocations:
@@ -587,13 +835,17 @@ def _emulate(name, a, grid, block):
 class FakeGPU:
     """State shared by the fake modules: allocations, launches and BLAS calls recorded, the current stream."""
 
-    def __init__(self, emulate=False, device_name="NVIDIA H100 80GB HBM3", num_sms=132):
+    def __init__(self, emulate=False, device_name="NVIDIA H100 80GB HBM3", num_sms=132, nccl=True,
+                 headers_missing=False):
         self.emulate = emulate
         self.registry = Registry()
         self.launches = []     # (kernel, precision, grid, block), as they run
         self.blas_calls = []   # (function, details), as they run
+        self.nccl_calls = []   # (collective, count, datatype, op), as they are issued
         self.modules = {}
         self.device_name, self.num_sms = device_name, num_sms
+        self.nccl, self.nccl_uid, self.nccl_group_depth = nccl, bytes(range(128)), 0
+        self.headers_missing = headers_missing  # RawModule.compile raises CuPy 14's missing-headers RuntimeError
         self.stream_ptr = 0
         self.syncs = 0         # host synchronizations so far (device, stream or event)
         self.math_mode = {}
@@ -633,6 +885,8 @@ class FakeGPU:
                 self.forbid(f"{name}, which cannot be captured (it allocates or synchronizes)")
             return fn(*args, **kwargs)
         call.__name__ = fn.__name__
+        if hasattr(fn, "__wrapped__"):  # fn is checked against the real API (conforming): so is call
+            call.__wrapped__ = fn
         return call
 
     def pinned_range(self, ptr, nbytes):
@@ -703,18 +957,25 @@ class FakeGPU:
     # modules ------------------------------------------------------------
 
     def cupy_module(self):
+        """The fake `cupy` with the parts llmc_py uses; each callable checks its arguments against the installed
+        CuPy's signature first (conforming)."""
         gpu = self
-        cupy = types.ModuleType("cupy")
+        cupy = _FakeModule("cupy")
         cupy.__version__ = "14.0.0 (fake)"
         cupy.ndarray = DeviceArray
         for name in ("float32", "float16", "float64", "uint16", "int32", "uint32", "int64", "uint64", "uint8"):
             setattr(cupy, name, getattr(np, name))
 
-        def empty(shape, dtype=np.float32, order="C"):
-            gpu.forbid("a device allocation")
+        @conforming("cupy.empty")
+        def empty(shape, dtype=float, order="C"):
             return gpu.registry.allocate(shape, dtype)
 
-        def asarray(a, dtype=None):
+        @conforming("cupy.zeros")
+        def zeros(shape, dtype=float, order="C"):
+            return gpu.registry.allocate(shape, dtype)  # the registry hands out zeroed memory
+
+        @conforming("cupy.asarray")
+        def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
             if isinstance(a, DeviceArray):
                 return a
             gpu.forbid("a device allocation (asarray of host data)")
@@ -723,56 +984,63 @@ class FakeGPU:
             plain(out)[...] = host
             return out
 
-        cupy.empty = empty
-        cupy.zeros = empty  # the registry hands out zeroed memory
-        cupy.asarray = asarray
-        cupy.asnumpy = lambda a, stream=None: a.get() if isinstance(a, DeviceArray) else np.asarray(a)
+        @conforming("cupy.asnumpy")
+        def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+            return a.get() if isinstance(a, DeviceArray) else np.asarray(a)
+
+        cupy.empty, cupy.zeros, cupy.asarray, cupy.asnumpy = empty, zeros, asarray, asnumpy
 
         class RawKernel:
             def __init__(self, name, precision, sig):
                 self.name, self.precision, self.sig = name, precision, sig
 
-            def __call__(self, grid, block, args, shared_mem=0, stream=None):
+            @conforming("cupy.RawKernel.__call__")
+            def __call__(self, grid, block, args, **kwargs):
+                shared_mem = FUNCTION_CALL_API.check((grid, block, args), kwargs).arguments.get("shared_mem", 0)
                 gpu.launch(self.name, self.precision, self.sig, grid, block, args, shared_mem)
 
         class RawModule:
-            def __init__(self, code=None, options=(), name_expressions=None, **kwargs):
+            @conforming("cupy.RawModule", method=True)
+            def __init__(self, code=None, *, options=(), name_expressions=None, **kwargs):
                 gpu.forbid("compiling and loading a module")
                 self.precision, self.kernels = gpu.compile(code, tuple(options))
 
-            def compile(self):
-                pass
+            @conforming("cupy.RawModule.compile")
+            def compile(self, log_stream=None):
+                if gpu.headers_missing:
+                    raise RuntimeError(CUPY_HEADERS_MISSING)
 
+            @conforming("cupy.RawModule.get_function")
             def get_function(self, name):
                 assert name in self.kernels, f"no kernel {name} in this module ({sorted(self.kernels)})"
                 return RawKernel(name, self.precision, self.kernels[name])
 
         cupy.RawModule = RawModule
 
-        cuda = types.ModuleType("cupy.cuda")
-        compiler = types.ModuleType("cupy.cuda.compiler")
+        cuda = _FakeModule("cupy.cuda")
+        compiler = _FakeModule("cupy.cuda.compiler")
         compiler.CompileException = type("CompileException", (Exception,), {})
         cuda.compiler = compiler
-        nccl = types.ModuleType("cupy.cuda.nccl")
-        nccl.available = False
-        cuda.nccl = nccl
-        runtime = types.ModuleType("cupy.cuda.runtime")
-        runtime.getDeviceCount = lambda: 1
-        runtime.getDeviceProperties = lambda i: {
+        runtime = _FakeModule("cupy.cuda.runtime")
+        runtime.getDeviceCount = conforming("cupy.cuda.runtime.getDeviceCount")(lambda: 1)
+        runtime.getDeviceProperties = conforming("cupy.cuda.runtime.getDeviceProperties")(lambda device: {
             "name": gpu.device_name.encode(), "multiProcessorCount": gpu.num_sms,
-            "maxThreadsPerMultiProcessor": 2048, "major": 9, "minor": 0, "totalGlobalMem": 80 << 30}
-        runtime.memGetInfo = lambda: (70 << 30, 80 << 30)
-        runtime.driverGetVersion = lambda: gpu.driver_version
-        runtime.runtimeGetVersion = lambda: 12090
+            "maxThreadsPerMultiProcessor": 2048, "major": 9, "minor": 0, "totalGlobalMem": 80 << 30})
+        runtime.memGetInfo = conforming("cupy.cuda.runtime.memGetInfo")(lambda: (70 << 30, 80 << 30))
+        runtime.driverGetVersion = conforming("cupy.cuda.runtime.driverGetVersion")(lambda: gpu.driver_version)
+        runtime.runtimeGetVersion = conforming("cupy.cuda.runtime.runtimeGetVersion")(lambda: 12090)
         cuda.runtime = runtime
 
         class Device:
-            def __init__(self, index=0):
-                self.id = index
+            @conforming("cupy.cuda.Device", method=True)
+            def __init__(self, device=None):
+                self.id = 0 if device is None else int(device)
 
+            @conforming("cupy.cuda.Device.use")
             def use(self):
                 assert self.id == 0, "the fake has one GPU"
 
+            @conforming("cupy.cuda.Device.synchronize")
             def synchronize(self):
                 gpu.forbid("Device.synchronize()")
                 gpu.syncs += 1
@@ -784,28 +1052,34 @@ class FakeGPU:
         class Stream:
             _next = [0x5000]
 
-            def __init__(self, null=False, non_blocking=False):
+            @conforming("cupy.cuda.Stream", method=True)
+            def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
                 Stream._next[0] += 0x10
                 self.ptr = 0 if null else Stream._next[0]
                 self.non_blocking = non_blocking
                 streams[self.ptr] = self
 
+            @conforming("cupy.cuda.Stream.use")
             def use(self):
                 gpu.stream_ptr = self.ptr
                 return self
 
+            @conforming("cupy.cuda.Stream.synchronize")
             def synchronize(self):
                 gpu.forbid("Stream.synchronize()")
                 gpu.syncs += 1
 
+            @conforming("cupy.cuda.Stream.begin_capture")
             def begin_capture(self, mode=None):
                 assert self.ptr != 0, "CUDA refuses stream capture on the legacy default stream"
                 gpu.forbid("a second capture")
                 gpu.capturing = (self, [])
 
+            @conforming("cupy.cuda.Stream.is_capturing")
             def is_capturing(self):
                 return gpu.capturing is not None and gpu.capturing[0] is self
 
+            @conforming("cupy.cuda.Stream.end_capture")
             def end_capture(self):
                 assert self.is_capturing(), "end_capture() on a stream that is not capturing"
                 _, recording = gpu.capturing
@@ -821,9 +1095,11 @@ class FakeGPU:
             def __init__(self, recording):
                 self.recording = recording
 
+            @conforming("cupy.cuda.Graph.upload")
             def upload(self, stream=None):
                 gpu.forbid("Graph.upload()")
 
+            @conforming("cupy.cuda.Graph.launch")
             def launch(self, stream=None):
                 gpu.forbid("a graph launch")
                 gpu.graph_launches += 1
@@ -834,9 +1110,11 @@ class FakeGPU:
             """Recorded on a stream, in order; done once the host synchronized after the record."""
             _order = [0]
 
+            @conforming("cupy.cuda.Event", method=True)
             def __init__(self, block=False, disable_timing=False, interprocess=False):
                 self.recorded = False
 
+            @conforming("cupy.cuda.Event.record")
             def record(self, stream=None):
                 ptr = gpu.stream_ptr if stream is None else stream.ptr
                 gpu.enqueue("event record", lambda: self._recorded_on(ptr))
@@ -846,11 +1124,13 @@ class FakeGPU:
                 Event._order[0] += 1
                 self.order, self.syncs_before = Event._order[0], gpu.syncs
 
+            @conforming("cupy.cuda.Event.synchronize")
             def synchronize(self):
                 gpu.forbid("Event.synchronize()")
                 assert self.recorded, "synchronize on an event never recorded"
                 gpu.syncs += 1
 
+        @conforming("cupy.cuda.get_elapsed_time")
         def get_elapsed_time(start_event, end_event):
             gpu.forbid("get_elapsed_time(), which waits for the events")
             assert start_event.recorded and end_event.recorded, "elapsed time between events never recorded"
@@ -861,7 +1141,10 @@ class FakeGPU:
 
         cuda.Device, cuda.Stream, cuda.Event, cuda.Graph = Device, Stream, Event, Graph
         cuda.get_elapsed_time = get_elapsed_time
-        cuda.get_current_stream = lambda device_id=-1: streams[gpu.stream_ptr]
+        cuda.get_current_stream = conforming("cupy.cuda.get_current_stream")(
+            lambda device_id=-1: streams[gpu.stream_ptr])
+        cuda.memory_hook = self.memory_hook_module()
+        cuda.nccl = self.nccl_module()
         cupy.cuda = cuda
         cupyx = types.ModuleType("cupyx")
 
@@ -873,23 +1156,135 @@ class FakeGPU:
             return host.view(dtype).reshape(shape)
 
         cupyx.empty_pinned = empty_pinned
-        return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.nccl": nccl,
-                "cupy.cuda.compiler": compiler, "cupyx": cupyx}
+        return {"cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.nccl": cuda.nccl,
+                "cupy.cuda.compiler": compiler, "cupy.cuda.memory_hook": cuda.memory_hook, "cupyx": cupyx}
+
+    def memory_hook_module(self):
+        """cupy.cuda.memory_hook: a MemoryHook registered with `with` sees every allocation as CuPy reports one."""
+        registry = self.registry
+        module = _FakeModule("cupy.cuda.memory_hook")
+
+        class MemoryHook:
+            name = "MemoryHook"
+
+            @conforming("cupy.cuda.memory_hook.MemoryHook.__enter__")
+            def __enter__(self):
+                assert all(h.name != self.name for h in registry.hooks), f"memory hook {self.name} already exists"
+                registry.hooks.append(self)
+                return self
+
+            @conforming("cupy.cuda.memory_hook.MemoryHook.__exit__")
+            def __exit__(self, *_):
+                registry.hooks.remove(self)
+
+            def alloc_preprocess(self, **kwargs):
+                pass
+
+            def alloc_postprocess(self, **kwargs):
+                pass
+
+            def malloc_preprocess(self, **kwargs):
+                pass
+
+            def malloc_postprocess(self, **kwargs):
+                pass
+
+            def free_preprocess(self, **kwargs):
+                pass
+
+            def free_postprocess(self, **kwargs):
+                pass
+
+        for name in ("alloc_preprocess", "alloc_postprocess", "malloc_preprocess", "malloc_postprocess"):
+            real_api(f"cupy.cuda.memory_hook.MemoryHook.{name}")  # the callbacks the registry makes exist
+        module.MemoryHook = MemoryHook
+        return module
+
+    def nccl_module(self):
+        """cupy.cuda.nccl at world size 1 (available unless FakeGPU(nccl=False)): the constants the installed
+        CuPy exports, NcclCommunicator and the group calls checked against its signatures; every collective must
+        run on the current stream over device memory, and at world size 1 copies send to receive."""
+        gpu, lib = self, real_libraries()
+        nccl = _FakeModule("cupy.cuda.nccl")
+        nccl.available = self.nccl
+        if not self.nccl:
+            return nccl
+        for name, value in lib.nccl_constants.items():
+            setattr(nccl, name, value)
+        dtypes = {lib.nccl_constants[name]: np.dtype(t) for name, t in NCCL_DTYPES.items()}
+        ops = {lib.nccl_constants[name] for name in ("NCCL_SUM", "NCCL_PROD", "NCCL_MAX", "NCCL_MIN", "NCCL_AVG")}
+
+        def collective(what, sendbuf, recvbuf, count, datatype, stream, op=None):
+            assert datatype in dtypes, f"NCCL {what}: datatype {datatype} is none of {sorted(dtypes)}"
+            assert op is None or op in ops, f"NCCL {what}: op {op}"
+            assert stream == gpu.stream_ptr, f"NCCL {what} on stream {stream}, the current one is {gpu.stream_ptr}"
+            nbytes = count * dtypes[datatype].itemsize
+            send, send_at = gpu.registry.find(sendbuf, nbytes)
+            recv, recv_at = gpu.registry.find(recvbuf, nbytes)
+            gpu.nccl_calls.append((what, count, datatype, op))
+            gpu.enqueue(f"NCCL {what}",  # world size 1: the identity
+                        lambda: np.copyto(recv[recv_at:recv_at + nbytes], send[send_at:send_at + nbytes].copy()))
+
+        class NcclCommunicator:
+            @conforming("nccl.NcclCommunicator", method=True)
+            def __init__(self, ndev, commId, rank, config=None):
+                assert (ndev, rank) == (1, 0), "the fake NCCL runs world size 1"
+                assert commId == gpu.nccl_uid, "commId is not the unique id get_unique_id() gave"
+
+            @conforming("nccl.NcclCommunicator.allReduce")
+            def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+                collective("allReduce", sendbuf, recvbuf, count, datatype, stream, op)
+
+            @conforming("nccl.NcclCommunicator.reduceScatter")
+            def reduceScatter(self, sendbuf, recvbuf, recvcount, datatype, op, stream):
+                collective("reduceScatter", sendbuf, recvbuf, recvcount, datatype, stream, op)
+
+            @conforming("nccl.NcclCommunicator.allGather")
+            def allGather(self, sendbuf, recvbuf, count, datatype, stream):
+                collective("allGather", sendbuf, recvbuf, count, datatype, stream)
+
+            @conforming("nccl.NcclCommunicator.abort")
+            def abort(self):
+                pass
+
+        def group_start():
+            gpu.nccl_group_depth += 1
+
+        def group_end():
+            assert gpu.nccl_group_depth > 0, "groupEnd without groupStart"
+            gpu.nccl_group_depth -= 1
+
+        for name in ("allReduce", "reduceScatter", "allGather"):
+            setattr(NcclCommunicator, name, gpu.library(f"nccl.{name}", getattr(NcclCommunicator, name)))
+        real_init = NcclCommunicator.__init__
+        NcclCommunicator.__init__ = gpu.library("nccl.NcclCommunicator", real_init)
+        nccl.NcclCommunicator = NcclCommunicator
+        nccl.get_unique_id = gpu.library("nccl.get_unique_id", conforming("nccl.get_unique_id")(lambda: gpu.nccl_uid))
+        nccl.get_version = conforming("nccl.get_version")(lambda: 22800)
+        nccl.groupStart = gpu.library("nccl.groupStart", conforming("nccl.groupStart")(group_start))
+        nccl.groupEnd = gpu.library("nccl.groupEnd", conforming("nccl.groupEnd")(group_end))
+        return nccl
 
     def nvmath_modules(self):
         cublas, lt = _fake_cublas(self), _fake_cublaslt(self)
-        nvmath = types.ModuleType("nvmath")
-        bindings = types.ModuleType("nvmath.bindings")
+        nvmath = _FakeModule("nvmath")
+        bindings = _FakeModule("nvmath.bindings")
         bindings.cublas, bindings.cublasLt = cublas, lt
         nvmath.bindings = bindings
         return {"nvmath": nvmath, "nvmath.bindings": bindings, "nvmath.bindings.cublas": cublas,
                 "nvmath.bindings.cublasLt": lt}
 
 # ----------------------------------------------------------------------------
-# fake nvmath bindings (enum values and argument lists as nvmath-python 1.0's)
+# fake nvmath bindings: the installed nvmath-python's enums, attribute value types and heuristic-result layout,
+# and its functions' signatures (conforming), with the libraries' rules about pointers and state behind them
 
 
-DATA_TYPES = {0: np.dtype(np.float32), 2: np.dtype(np.float16), 14: np.dtype(np.uint16)}
+@functools.lru_cache(maxsize=None)
+def _data_types():
+    """cudaDataType (nvmath's CudaDataType values) -> the numpy dtype of the device storage."""
+    dt = real_libraries().data_type
+    return {int(dt.CUDA_R_32F): np.dtype(np.float32), int(dt.CUDA_R_16F): np.dtype(np.float16),
+            int(dt.CUDA_R_16BF): np.dtype(np.uint16)}
 
 
 def _values(matrix):
@@ -919,9 +1314,9 @@ def _gemm(gpu, what, transa, transb, m, n, k, alpha, a, atype, lda, stride_a, b,
         assert type(value) is int and value >= 1, f"{what}: {name} = {value!r}"
     assert transa in (0, 1) and transb in (0, 1), f"{what}: transposes {transa}, {transb}"
     reg = gpu.registry
-    A = reg.matrix(a, DATA_TYPES[atype], *((k, m) if transa else (m, k)), lda, batch, stride_a)
-    B = reg.matrix(b, DATA_TYPES[btype], *((n, k) if transb else (k, n)), ldb, batch, stride_b)
-    C = reg.matrix(c, DATA_TYPES[ctype], m, n, ldc, batch, stride_c)
+    A = reg.matrix(a, _data_types()[atype], *((k, m) if transa else (m, k)), lda, batch, stride_a)
+    B = reg.matrix(b, _data_types()[btype], *((n, k) if transb else (k, n)), ldb, batch, stride_b)
+    C = reg.matrix(c, _data_types()[ctype], m, n, ldc, batch, stride_c)
     if batch > 1:
         for x, stride, rows, cols, ld in ((A, stride_a, *A.shape[1:], lda), (B, stride_b, *B.shape[1:], ldb),
                                           (C, stride_c, m, n, ldc)):
@@ -944,13 +1339,13 @@ def _gemm(gpu, what, transa, transb, m, n, k, alpha, a, atype, lda, stride_a, b,
 
 
 def _fake_cublas(gpu):
-    mod = types.ModuleType("nvmath.bindings.cublas")
-    mod.Operation = IntEnum("Operation", {"N": 0, "T": 1, "C": 2, "CONJG": 3})
-    mod.Math = IntEnum("Math", {"DEFAULT_MATH": 0, "TENSOR_OP_MATH": 1, "PEDANTIC_MATH": 2, "TF32_TENSOR_OP_MATH": 3})
-    mod.ComputeType = IntEnum("ComputeType", {"COMPUTE_16F": 64, "COMPUTE_32F": 68, "COMPUTE_32F_PEDANTIC": 69,
-                                              "COMPUTE_32F_FAST_16F": 74, "COMPUTE_32F_FAST_16BF": 75,
-                                              "COMPUTE_32F_FAST_TF32": 77})
-    mod.GemmAlgo = IntEnum("GemmAlgo", {"DEFAULT": -1, "ALGO0": 0})
+    lib = real_libraries()
+    real = lib.cublas
+    mod = _FakeModule("nvmath.bindings.cublas")
+    for name in ("Operation", "Math", "ComputeType", "GemmAlgo", "PointerMode", "cuBLASError"):
+        setattr(mod, name, getattr(real, name))
+    compute, algo_default, dt = real.ComputeType, int(real.GemmAlgo.DEFAULT), lib.data_type
+    f32_compute = (int(compute.COMPUTE_32F), int(compute.COMPUTE_32F_FAST_TF32))
     handles = {}
 
     def handle_state(h):
@@ -959,54 +1354,63 @@ def _fake_cublas(gpu):
 
     def create():
         h = 0x1000 + len(handles)
-        handles[h] = {"stream": None, "workspace": None, "math": 0}
+        handles[h] = {"stream": 0, "workspace": None, "math": int(real.Math.DEFAULT_MATH)}
         return h
 
     def destroy(handle):
         handles.pop(handle)
 
     def set_stream(handle, stream_id):
-        handle_state(handle)["stream"] = stream_id
+        state = handle_state(handle)
+        state["stream"] = stream_id
+        state["workspace"] = None  # cublasSetStream resets the workspace to cuBLAS's own default pool
 
     def set_workspace(handle, workspace, workspace_size_in_bytes):
         gpu.registry.find(workspace, workspace_size_in_bytes)
         handle_state(handle)["workspace"] = workspace
 
     def set_math_mode(handle, mode):
+        assert mode in {int(m) for m in real.Math}, f"math mode {mode}"
         handle_state(handle)["math"] = mode
         gpu.math_mode[handle] = mode
 
     def _check(handle, what):
         state = handle_state(handle)
         assert state["stream"] == gpu.stream_ptr, f"{what}: handle stream {state['stream']} is not the current one"
-        assert state["workspace"] is not None, f"{what}: no workspace set"
+        assert state["workspace"] is not None, \
+            f"{what}: no workspace of ours (set_stream resets it to cuBLAS's pool, which allocates and cannot be " \
+            f"captured in a CUDA graph): set_workspace after every set_stream"
         return state
 
     def sgemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         state = _check(handle, "sgemm")
-        _gemm(gpu, f"sgemm(math {state['math']})", transa, transb, m, n, k, _host_f32(alpha), a, 0, lda, 0, b, 0,
-              ldb, 0, _host_f32(beta), c, 0, ldc, 0, 1)
+        f32 = int(dt.CUDA_R_32F)
+        _gemm(gpu, f"sgemm(math {state['math']})", transa, transb, m, n, k, _host_f32(alpha), a, f32, lda, 0, b,
+              f32, ldb, 0, _host_f32(beta), c, f32, ldc, 0, 1)
 
     def gemm_ex(handle, transa, transb, m, n, k, alpha, a, atype, lda, b, btype, ldb, beta, c, ctype, ldc,
                 compute_type, algo):
         _check(handle, "gemm_ex")
-        assert compute_type in (68, 77) and algo == -1, f"gemm_ex: compute {compute_type}, algo {algo}"
-        assert (atype, btype, ctype) == (2, 2, 0), f"gemm_ex: types {(atype, btype, ctype)}, expected fp16 -> f32"
+        assert compute_type in f32_compute and algo == algo_default, f"gemm_ex: compute {compute_type}, algo {algo}"
+        assert (atype, btype, ctype) == (dt.CUDA_R_16F, dt.CUDA_R_16F, dt.CUDA_R_32F), \
+            f"gemm_ex: types {(atype, btype, ctype)}, expected fp16 -> f32"
         _gemm(gpu, "gemm_ex", transa, transb, m, n, k, _host_f32(alpha), a, atype, lda, 0, b, btype, ldb, 0,
               _host_f32(beta), c, ctype, ldc, 0, 1)
 
     def gemm_strided_batched_ex(handle, transa, transb, m, n, k, alpha, a, atype, lda, stride_a, b, btype, ldb,
                                 stride_b, beta, c, ctype, ldc, stride_c, batch_count, compute_type, algo):
         _check(handle, "gemm_strided_batched_ex")
-        assert atype == btype == ctype and atype in (0, 14), f"strided batched: types {(atype, btype, ctype)}"
-        assert compute_type in (68, 77) and algo == -1, f"strided batched: compute {compute_type}, algo {algo}"
-        if compute_type == 77:
-            assert atype == 0, "TF32 compute with bf16 operands"
+        assert atype == btype == ctype and atype in (dt.CUDA_R_32F, dt.CUDA_R_16BF), \
+            f"strided batched: types {(atype, btype, ctype)}"
+        assert compute_type in f32_compute and algo == algo_default, \
+            f"strided batched: compute {compute_type}, algo {algo}"
+        if compute_type == compute.COMPUTE_32F_FAST_TF32:
+            assert atype == dt.CUDA_R_32F, "TF32 compute with bf16 operands"
         _gemm(gpu, f"gemm_strided_batched_ex(compute {compute_type})", transa, transb, m, n, k, _host_f32(alpha),
               a, atype, lda, stride_a, b, btype, ldb, stride_b, _host_f32(beta), c, ctype, ldc, stride_c, batch_count)
 
     for fn in (create, destroy, set_stream, set_workspace, set_math_mode, sgemm, gemm_ex, gemm_strided_batched_ex):
-        setattr(mod, fn.__name__, gpu.library(f"cublas.{fn.__name__}", fn))
+        setattr(mod, fn.__name__, gpu.library(f"cublas.{fn.__name__}", conforming(f"cublas.{fn.__name__}")(fn)))
     return mod
 
 
@@ -1017,31 +1421,31 @@ LIBRARY_CALLS = {
     "cublas.create": "setup", "cublas.destroy": "setup", "cublas.set_stream": "host", "cublas.set_workspace": "host",
     "cublas.set_math_mode": "host", "cublas.sgemm": "work", "cublas.gemm_ex": "work",
     "cublas.gemm_strided_batched_ex": "work",
-    "cublasLt.create": "setup", "cublasLt.matmul_desc_create": "host", "cublasLt.matmul_desc_set_attribute": "host",
+    "cublasLt.create": "setup", "cublasLt.get_version": "host", "cublasLt.matmul_desc_create": "host", "cublasLt.matmul_desc_set_attribute": "host",
     "cublasLt.matrix_layout_create": "host", "cublasLt.matmul_preference_create": "host",
     "cublasLt.matmul_preference_set_attribute": "host", "cublasLt.matmul_algo_get_heuristic": "host",
     "cublasLt.matmul": "work",
+    "nccl.NcclCommunicator": "setup", "nccl.get_unique_id": "setup", "nccl.groupStart": "host",
+    "nccl.groupEnd": "host", "nccl.allReduce": "work", "nccl.reduceScatter": "work", "nccl.allGather": "work",
     "cudnn.create_handle": "setup", "cudnn.pygraph": "setup",  # a graph is declared and its plans built at allocate
 }
 
-DESC_ATTRIBUTES = {"TRANSA": (3, np.int32), "TRANSB": (4, np.int32), "EPILOGUE": (7, np.uint32),
-                   "BIAS_POINTER": (8, np.int64), "EPILOGUE_AUX_POINTER": (11, np.int64),
-                   "EPILOGUE_AUX_LD": (12, np.int64), "BIAS_DATA_TYPE": (26, np.int32),
-                   "COMPUTE_TYPE": (0, np.int32), "SCALE_TYPE": (1, np.int32)}
-EPILOGUES = {"DEFAULT": 1, "RELU": 2, "BIAS": 4, "GELU": 32, "GELU_AUX": 160, "GELU_BIAS": 36,
-             "GELU_AUX_BIAS": 164, "DGELU": 192, "DGELU_BGRAD": 208, "BGRADA": 256, "BGRADB": 512}
-HEURISTIC_DTYPE = np.dtype([("algo", [("data_", "<u8", (8,))]), ("workspace_size", "<u8"), ("state", "<i4"),
-                            ("waves_count", "<f4"), ("reserved", "<i4", (4,))])
+CUBLASLT_DEFAULT_ALIGNMENT = 256  # MIN_ALIGNMENT_{A,B,C,D}_BYTES when the preference does not set them (cuBLAS docs)
+
+
+def _alignment(ptr):
+    return ptr & -ptr if ptr else 1 << 64
 
 
 def _fake_cublaslt(gpu):
-    mod = types.ModuleType("nvmath.bindings.cublasLt")
-    mod.MatmulDescAttribute = IntEnum("MatmulDescAttribute", {k: v[0] for k, v in DESC_ATTRIBUTES.items()})
-    mod.MatmulPreferenceAttribute = IntEnum("MatmulPreferenceAttribute", {"SEARCH_MODE": 0, "MAX_WORKSPACE_BYTES": 1})
-    mod.Epilogue = IntEnum("Epilogue", EPILOGUES)
-    mod.matmul_heuristic_result_dtype = HEURISTIC_DTYPE
-    by_code = {v[0]: (k, v[1]) for k, v in DESC_ATTRIBUTES.items()}
-    objects = {}
+    lib = real_libraries()
+    real, ct, dt = lib.lt, lib.cublas.ComputeType, lib.data_type
+    mod = _FakeModule("nvmath.bindings.cublasLt")
+    for name in ("MatmulDescAttribute", "MatmulPreferenceAttribute", "Epilogue", "matmul_heuristic_result_dtype",
+                 "get_matmul_desc_attribute_dtype", "get_matmul_preference_attribute_dtype", "cuBLASLtError"):
+        setattr(mod, name, getattr(real, name))
+    heuristic_dtype = real.matmul_heuristic_result_dtype
+    objects, algos = {}, {}  # algos: heuristic result address -> the alignments the algorithm was chosen for
 
     def new(kind, **fields):
         h = 0x2000 + len(objects)
@@ -1052,30 +1456,39 @@ def _fake_cublaslt(gpu):
         assert h in objects and objects[h]["kind"] == kind, f"cuBLASLt: {h!r} is not a live {kind}"
         return objects[h]
 
+    def read_attribute(what, buf, size_in_bytes, dtype):
+        dtype = np.dtype(dtype)
+        assert size_in_bytes == dtype.itemsize, f"{what}: {size_in_bytes} bytes, nvmath says {dtype}"
+        return np.frombuffer(ctypes.string_at(buf, size_in_bytes), dtype=dtype)[0].item()
+
     def create():
         return new("handle")
 
+    def get_version():
+        return 130000
+
     def matmul_desc_create(compute_type, scale_type):
-        assert compute_type == 68 and scale_type == 0, f"matmul desc: compute {compute_type}, scale {scale_type}"
+        assert compute_type == ct.COMPUTE_32F and scale_type == dt.CUDA_R_32F, \
+            f"matmul desc: compute {compute_type}, scale {scale_type}"
         return new("desc", attrs={})
 
     def matmul_desc_set_attribute(matmul_desc, attr, buf, size_in_bytes):
-        desc = get(matmul_desc, "desc")
-        name, dtype = by_code[attr]
-        assert size_in_bytes == np.dtype(dtype).itemsize, f"{name}: {size_in_bytes} bytes, expected {dtype}"
-        desc["attrs"][name] = int(np.frombuffer(ctypes.string_at(buf, size_in_bytes), dtype=dtype)[0])
+        name = real.MatmulDescAttribute(attr).name
+        get(matmul_desc, "desc")["attrs"][name] = read_attribute(
+            name, buf, size_in_bytes, real.get_matmul_desc_attribute_dtype(attr))
 
-    def matrix_layout_create(type_, rows, cols, ld):
-        assert type_ in DATA_TYPES and rows >= 1 and cols >= 1 and ld >= rows, f"layout {type_} {rows}x{cols} ld {ld}"
-        return new("layout", type=type_, rows=rows, cols=cols, ld=ld)
+    def matrix_layout_create(type, rows, cols, ld):  # noqa: A002 (nvmath's parameter name)
+        assert type in _data_types() and rows >= 1 and cols >= 1 and ld >= rows, \
+            f"layout {type} {rows}x{cols} ld {ld}"
+        return new("layout", type=type, rows=rows, cols=cols, ld=ld)
 
     def matmul_preference_create():
         return new("preference", attrs={})
 
     def matmul_preference_set_attribute(pref, attr, buf, size_in_bytes):
-        assert attr == 1 and size_in_bytes == 8, "only MAX_WORKSPACE_BYTES (uint64) is expected"
-        get(pref, "preference")["attrs"]["MAX_WORKSPACE_BYTES"] = int(
-            np.frombuffer(ctypes.string_at(buf, 8), dtype=np.uint64)[0])
+        name = real.MatmulPreferenceAttribute(attr).name
+        get(pref, "preference")["attrs"][name] = read_attribute(
+            name, buf, size_in_bytes, real.get_matmul_preference_attribute_dtype(attr))
 
     def matmul_algo_get_heuristic(light_handle, operation_desc, adesc, bdesc, cdesc, ddesc, preference,
                                   requested_algo_count, heuristic_results_array, return_algo_count):
@@ -1083,10 +1496,13 @@ def _fake_cublaslt(gpu):
         get(operation_desc, "desc")
         for h in (adesc, bdesc, cdesc, ddesc):
             get(h, "layout")
-        assert get(preference, "preference")["attrs"].get("MAX_WORKSPACE_BYTES", 0) > 0
+        prefs = get(preference, "preference")["attrs"]
+        assert prefs.get("MAX_WORKSPACE_BYTES", 0) > 0
         assert requested_algo_count >= 1
-        ctypes.memset(heuristic_results_array, 0, HEURISTIC_DTYPE.itemsize * requested_algo_count)
+        ctypes.memset(heuristic_results_array, 0, heuristic_dtype.itemsize * requested_algo_count)
         ctypes.c_int32.from_address(return_algo_count).value = 1
+        algos[heuristic_results_array + heuristic_dtype.fields["algo"][1]] = {
+            x: prefs.get(f"MIN_ALIGNMENT_{x}_BYTES", CUBLASLT_DEFAULT_ALIGNMENT) for x in "ABCD"}
 
     def matmul(light_handle, compute_desc, alpha, a, adesc, b, bdesc, beta, c, cdesc, d, ddesc, algo, workspace,
                workspace_size_in_bytes, stream):
@@ -1094,7 +1510,12 @@ def _fake_cublaslt(gpu):
         attrs = get(compute_desc, "desc")["attrs"]
         A, B, C, D = (get(h, "layout") for h in (adesc, bdesc, cdesc, ddesc))
         assert stream == gpu.stream_ptr, f"cuBLASLt matmul on stream {stream}, the current one is {gpu.stream_ptr}"
-        assert algo != 0, "no algorithm pointer"
+        assert algo in algos, "cuBLASLt: the algo pointer is not the algo field of a heuristic result"
+        for x, ptr in zip("ABCD", (a, b, c, d)):
+            need = algos[algo][x]
+            assert ptr % need == 0, \
+                f"cuBLASLt: {x} at {ptr:#x} is {min(_alignment(ptr), 256)}-byte aligned, but the algorithm was " \
+                f"chosen for MIN_ALIGNMENT_{x}_BYTES = {need} (256 unless the preference says less)"
         gpu.registry.find(workspace, workspace_size_in_bytes)
         assert C == D and c == d, "C and D differ: llmc_py accumulates in place"
         transa, transb = attrs.get("TRANSA", 0), attrs.get("TRANSB", 0)
@@ -1103,14 +1524,13 @@ def _fake_cublaslt(gpu):
         opB = (B["cols"], B["rows"]) if transb else (B["rows"], B["cols"])
         assert opA[0] == m and opB[1] == n and opA[1] == opB[0], f"cuBLASLt: op(A) {opA} op(B) {opB} D {(m, n)}"
         assert A["type"] == B["type"] == D["type"], "cuBLASLt: one data type for A, B, D"
-        for ptr in (a, b, d):
-            assert ptr % 16 == 0, f"cuBLASLt operand {ptr:#x} not 16-byte aligned"
-        epilogue = {v: k for k, v in EPILOGUES.items()}[attrs.get("EPILOGUE", 1)]
+        epilogue = real.Epilogue(attrs.get("EPILOGUE", int(real.Epilogue.DEFAULT))).name
         assert epilogue in ("DEFAULT", "BIAS", "GELU_AUX", "GELU_AUX_BIAS", "DGELU"), f"epilogue {epilogue}"
-        dtype = DATA_TYPES[D["type"]]
+        dtype = _data_types()[D["type"]]
         bias = aux = None
         if "BIAS" in epilogue:
             assert attrs.get("BIAS_DATA_TYPE") == D["type"], "bias data type"
+            assert attrs["BIAS_POINTER"] % 16 == 0, "bias not 16-byte aligned"
             bias = gpu.registry.matrix(attrs["BIAS_POINTER"], dtype, m, 1, m)
         if "AUX" in epilogue or epilogue == "DGELU":
             assert attrs.get("EPILOGUE_AUX_LD", 0) >= m, "aux leading dimension"
@@ -1138,9 +1558,9 @@ def _fake_cublaslt(gpu):
               B["type"], B["ld"], 0, _host_f32(beta), d, D["type"], D["ld"], 0, 1,
               epilogue=None if epilogue == "DEFAULT" else apply_epilogue)
 
-    for fn in (create, matmul_desc_create, matmul_desc_set_attribute, matrix_layout_create, matmul_preference_create,
+    for fn in (create, get_version, matmul_desc_create, matmul_desc_set_attribute, matrix_layout_create, matmul_preference_create,
                matmul_preference_set_attribute, matmul_algo_get_heuristic, matmul):
-        setattr(mod, fn.__name__, gpu.library(f"cublasLt.{fn.__name__}", fn))
+        setattr(mod, fn.__name__, gpu.library(f"cublasLt.{fn.__name__}", conforming(f"cublasLt.{fn.__name__}")(fn)))
     return mod
 
 # ----------------------------------------------------------------------------
@@ -1153,6 +1573,7 @@ def install(monkeypatch, emulate=False, **kwargs):
     import llmc_py.attention_cudnn
     import llmc_py.blas
     import llmc_py.cuda
+    real_libraries()  # the installed CuPy and nvmath, imported (and kept) before the fakes take their places
     gpu = FakeGPU(emulate=emulate, **kwargs)
     for name, module in {**gpu.cupy_module(), **gpu.nvmath_modules(), **fake_cudnn.modules(gpu)}.items():
         monkeypatch.setitem(sys.modules, name, module)

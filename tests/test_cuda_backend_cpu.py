@@ -12,6 +12,7 @@ assumes: tests/test_kernels_gpu.py and test_gpt2cu.py on a GPU do that.
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 
 import ml_dtypes
@@ -161,6 +162,96 @@ def test_blas_checker_catches_mistakes(fake):
         ctx.sgemm(False, False, 16, 16, 16, a.data.ptr, 16, a.data.ptr, 16, out.data.ptr, 16)
     with pytest.raises(ValueError, match="do not fit"):
         blas.matmul(out, a, a)
+    # cublasSetStream drops a user workspace: a GEMM after set_stream alone would run on cuBLAS's own pool
+    import nvmath.bindings.cublas as cublas
+    cublas.set_stream(ctx.handle, ctx.stream)
+    with pytest.raises(LlmcError, match="set_workspace after every set_stream"):
+        ctx.sgemm(False, False, 8, 8, 16, a.data.ptr, 8, a.data.ptr, 16, out.data.ptr, 8)
+
+
+def test_fakes_are_the_real_libraries_api(fake):
+    """The fakes take what the installed CuPy, nvmath-python and CuPy's NCCL take, and refuse the rest: names and
+    enum values are the real ones, and every call is bound to the real signature with its C types."""
+    import cupy
+    import nvmath.bindings.cublas as cublas
+    import nvmath.bindings.cublasLt as lt
+    real = fake_gpu.real_libraries()
+    assert cublas.Operation is real.cublas.Operation and lt.Epilogue is real.lt.Epilogue
+    assert lt.matmul_heuristic_result_dtype == real.lt.matmul_heuristic_result_dtype
+    for module in (cupy, cupy.cuda, cupy.cuda.runtime, cupy.cuda.nccl, cublas, lt):
+        for name, value in vars(module).items():
+            if callable(value) and not isinstance(value, type) and not name.startswith("_") \
+                    and getattr(value, "__module__", None) == fake_gpu.__name__:
+                assert hasattr(value, "__wrapped__"), f"{module.__name__}.{name} is not checked against the real API"
+    a = cupy.zeros((8, 16), dtype=cupy.float32)
+    h = cublas.create()
+    cases = [
+        (lambda: cublas.sgemm(h, 0, 0, 8, 8, 16, 0, a.data.ptr, 8.0, 0, 16, 0, 0, 8), "lda is a C int, got float"),
+        (lambda: cublas.sgemm(h, 0, 0, 8, 8, 16, 0, a.data.ptr, 2 ** 31, 0, 16, 0, 0, 8), "does not fit a C int"),
+        (lambda: cublas.set_workspace(h, a.data.ptr), "missing a required argument"),
+        (lambda: lt.matrix_layout_create(type_=0, rows=8, cols=8, ld=8), "missing a required argument: 'type'"),
+        (lambda: cupy.RawModule(code="", options=["-DENABLE_BF16"]), "options must be tuple"),
+        (lambda: cupy.cuda.nccl.NcclCommunicator(1, tuple(range(128)), 0), "commId must be bytes"),
+        (lambda: cupy.cuda.Stream(True, False, False, 0, 1), "too many positional arguments"),
+    ]
+    for call, message in cases:
+        with pytest.raises(AssertionError, match=re.escape(message)):
+            call()
+    with pytest.raises(ValueError, match="Shape mismatch"):  # CuPy's set() wants the shape, not just the size
+        a.set(np.zeros(8 * 16, np.float32))
+    with pytest.raises(AttributeError):
+        cublas.GemmAlgo.DEFAULT_ALGO  # an enum member the real library lacks is missing here too
+    sig = fake_gpu.real_api("cublasLt.matrix_layout_create")
+    assert list(sig.signature.parameters) == ["type", "rows", "cols", "ld"] and sig.ctypes["ld"] == "int64_t"
+
+
+@pytest.mark.parametrize("failure", ["ImportError", "RuntimeError"])
+def test_nvmath_bindings_load_without_its_high_level_packages(failure):
+    """nvmath's package __init__ imports cuda-core (and through it cuda-bindings), which the GPU machine may lack
+    or have for another CUDA; llmc_py.blas then loads the cuBLAS bindings on their own (in a fresh process)."""
+    code = f"""
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "cuda" and name.split(".")[1:2] in (["core"], ["bindings"]):
+            raise {failure}("refused: " + name)
+sys.meta_path.insert(0, Refuse())
+from llmc_py.blas import _import_bindings
+cublas, lt = _import_bindings()
+print(cublas.__name__, lt.__name__, int(lt.Epilogue.GELU_AUX_BIAS), "cuda.core" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["nvmath.bindings.cublas", "nvmath.bindings.cublasLt", "164", "False"]
+
+
+def test_cublas_workspace_survives_a_stream_change(fake):
+    """A new current stream (the capture stream of a CUDA graph, say) reaches cuBLAS with our workspace again."""
+    import cupy
+    from llmc_py import blas
+    a, out = cupy.zeros((8, 16), dtype=cupy.float32), cupy.zeros((8, 8), dtype=cupy.float32)
+    blas.matmul(out, a, a, trans_b=True)
+    cupy.cuda.Stream(non_blocking=True).use()
+    blas.matmul(out, a, a, trans_b=True)  # the fake refuses a GEMM without our workspace on the handle
+    blas.batched_matmul(out.reshape(1, 8, 8), a.reshape(1, 8, 16), a.reshape(1, 8, 16), trans_b=True)
+
+
+def test_cublaslt_plan_serves_less_aligned_views(emulated):
+    """A cuBLASLt algorithm is chosen once per shape and reused for every view of that shape: chosen on
+    256-byte aligned buffers, it must still run on views only 16 bytes aligned (per-layer slices of an odd B*T,
+    C=1600, the sampler's B=1); cuBLASLt assumes 256 unless told the real minimum."""
+    from llmc_py import blas
+    rng = np.random.default_rng(3)
+    M, N, K = 3, 16, 24
+    x, w, bias = (rng.standard_normal(shape).astype(np.float32) for shape in ((2, M, K), (N, K), (N,)))
+    w_d, bias_d = _dev(w, np.uint16), _dev(bias, np.uint16)
+    x_d = _dev(x.reshape(2 * M, K), np.uint16)            # row M starts 3*24*2 = 144 bytes in: 16-byte aligned
+    out_d, aux_d = (_dev(np.zeros((2 * M + 1, N), np.float32), np.uint16) for _ in range(2))
+    for i, row in ((0, 0), (1, M)):
+        out, aux = out_d[row + i:row + i + M], aux_d[row + i:row + i + M]   # rows 0.. then 4..: 128-byte offsets
+        blas.matmul(out, x_d[row:row + M], w_d, trans_b=True, bias=bias_d, gelu_aux=aux)
+        expected = _q(x[i], np.uint16) @ _q(w, np.uint16).T + _q(bias, np.uint16)
+        np.testing.assert_allclose(_host(aux), expected, rtol=2e-2, atol=2e-2)
 
 # ----------------------------------------------------------------------------
 # row-major GEMMs through the column-major libraries
@@ -313,16 +404,110 @@ def test_zero1_shard_matches_cpu(emulated, tiny_params, rank):
     assert_params_close(model.host(model.m), cpu.m, atol=1e-7)
 
 
+def allocations_during(run):
+    """The sizes of the device allocations made while run() runs, as a CuPy memory hook sees them: every malloc
+    from CuPy's pool, whether or not the pool could serve it from its cache (the fake GPU reports all of its own).
+    tests/test_gpu_backend.py uses it on a real GPU."""
+    import cupy
+
+    class Recorder(cupy.cuda.memory_hook.MemoryHook):
+        name = "llmc_allocations_during"
+
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def malloc_preprocess(self, **kwargs):
+            self.sizes.append(kwargs["size"])
+
+    recorder = Recorder()
+    with recorder:
+        run()
+    return recorder.sizes
+
+
 def test_nothing_allocated_inside_a_step(fake, tiny_params):
     """After allocate(), training steps (including the first update), the grad norm, validation and a short
-    forward make no device allocation at all."""
-    model = gpt2(tiny_params, device="cuda", precision="bf16")
-    before = len(fake.registry.allocations)
+    forward make no device allocation at all, with one process and with NCCL at world size 1."""
+    import cupy
+    from llmc_py.zero import ProcessInfo, make_communicator
     data = batches(5)
-    train(model, data, steps=2)
-    model.validate(*data[-1])
-    model.forward(data[0][0][:1, :5])
-    assert len(fake.registry.allocations) == before
+    comm = make_communicator(ProcessInfo(0, 1, 0, "flags", "mpi"), "cuda")
+    for model in (gpt2(tiny_params, device="cuda", precision="bf16"),
+                  gpt2(tiny_params, device="cuda", precision="fp32", comm=comm)):
+        def steps():
+            train(model, data, steps=2)
+            model.validate(*data[-1])
+            model.forward(data[0][0][:1, :5])
+        assert allocations_during(steps) == []
+    assert allocations_during(lambda: cupy.empty(10, dtype=cupy.float32)) == [40]  # the hook does see them
+    assert allocations_during(lambda: model.params.reshape(-1, 2)[:, 0].get()) == [model.params.nbytes // 2]
+    assert allocations_during(lambda: model.params.reshape(-1, 4)[:, :2].reshape(-1)) == [model.params.nbytes // 2]
+
+
+def test_nccl_world_size_1_matches_cpu(emulated, tiny_params):
+    """One process on --device cuda reduces through NCCL, as on the GPU: through the fake NCCL (the installed
+    CuPy's NCCL signatures, device memory, the current stream) training gives the CPU path's numbers, the
+    gradients are averaged in balanced groups, and host scalars come back."""
+    from llmc_py.zero import NcclCommunicator, ProcessInfo, make_communicator
+    comm = make_communicator(ProcessInfo(0, 1, 0, "flags", "mpi"), "cuda")
+    assert isinstance(comm, NcclCommunicator)
+    data = batches(4)
+    emulated.emulate = False
+    expected = train(gpt2(tiny_params), data, steps=2)
+    emulated.emulate = True
+    got = train(gpt2(tiny_params, device="cuda", precision="fp32", comm=comm), data, steps=2)
+    for (loss, norm2), (ref_loss, ref_norm2) in zip(got, expected):
+        assert loss == pytest.approx(ref_loss, rel=2e-6) and norm2 == pytest.approx(ref_norm2, rel=1e-4)
+    assert emulated.nccl_group_depth == 0
+    assert {call[0] for call in emulated.nccl_calls} == {"allReduce"}
+    assert len(emulated.nccl_calls) == 2 * (12 * TINY.num_layers + 4 + 1)  # per step: the grads and the loss
+    assert comm.all_reduce_scalar(2.5, "avg") == 2.5 and comm.all_reduce_sum(1.25) == 1.25
+
+
+def test_one_gpu_runs_on_when_nccl_cannot_start(fake, monkeypatch, capsys, tmp_path):
+    """NCCL may fail to start on a machine without a usable network interface for its bootstrap; one process has
+    nothing to reduce, so it goes on without NCCL, saying so; several processes would have to fail."""
+    import cupy
+    from llmc_py.zero import ProcessInfo, SingleProcess, make_communicator
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("NCCL_ERROR_SYSTEM_ERROR: unhandled system error\n(bootstrap: no socket interface found)")
+    monkeypatch.setattr(cupy.cuda.nccl, "NcclCommunicator", refuse)
+    comm = make_communicator(ProcessInfo(0, 1, 0, "flags", "mpi"), "cuda")
+    assert type(comm) is SingleProcess
+    assert capsys.readouterr().err == ("NCCL did not start (RuntimeError: NCCL_ERROR_SYSTEM_ERROR: unhandled system "
+                                       "error (bootstrap: no socket interface found)); one process has nothing to "
+                                       "reduce: continuing without it\n")
+    with pytest.raises(RuntimeError, match="NCCL_ERROR_SYSTEM_ERROR"):
+        make_communicator(ProcessInfo(0, 2, 0, "flags", "fs"), "cuda", fs_path=str(tmp_path))
+
+
+def test_fused_classifier_refuses_a_vocab_off_the_packet(fake):
+    """Each logits row must start on a 16-byte packet: a padded vocab that is not a whole number of packets
+    (8 bf16 values, 4 fp32) is refused with one clear error, not run into misaligned loads."""
+    import cupy
+    from llmc_py.fused_classifier import fused_classifier
+    losses, targets = cupy.zeros((2, 3), dtype=cupy.float32), cupy.zeros((2, 3), dtype=cupy.int32)
+    dloss = cupy.asarray(np.array([0.1], np.float32))
+    with pytest.raises(LlmcError, match="padded vocab size 1004 .* multiple of 8"):
+        fused_classifier(cupy.zeros((2, 3, 1004), dtype=cupy.uint16), losses, dloss, targets, 1000)
+    fused_classifier(cupy.zeros((2, 3, 1004), dtype=cupy.float32), losses, dloss, targets, 1000)  # 251 fp32 packets
+    with pytest.raises(LlmcError, match="at least the vocab"):
+        fused_classifier(cupy.zeros((2, 3, 1000), dtype=cupy.float32), losses, dloss, targets, 1001)
+
+
+def test_missing_cuda_headers_is_one_line(monkeypatch):
+    """CuPy 14 raises a RuntimeError before NVRTC runs when no CUDA runtime headers are found: it becomes one
+    line naming the CUDA 12 and CUDA 13 packages."""
+    fake_gpu.install(monkeypatch, headers_missing=True)
+    from llmc_py import cuda
+    cuda.init_device(0)
+    with pytest.raises(LlmcError) as error:
+        cuda.load_module("gelu", "bf16")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("gelu.cu (bf16): CuPy finds no CUDA runtime headers")
+    assert "nvidia-cuda-runtime-cu12 (CUDA 12)" in message and "nvidia-cuda-runtime (CUDA 13)" in message
 
 
 def test_memory_report(fake, tiny_params):
@@ -417,7 +602,7 @@ def test_versions_line_and_packages_newer_than_the_driver(fake, monkeypatch):
     from llmc_py import cuda
     line = cuda.versions_line()
     assert re.fullmatch(r"CUDA driver 12\.9 \| runtime 12\.9 \| cupy 14\.0\.0 \(fake\) \(cupy-cuda12x\) \| "
-                        r"cuda-bindings \S+ \| nvmath \S+ \| cuDNN .+ \| NCCL n/a", line), line
+                        r"cuda-bindings \S+ \| nvmath \S+ \| cuDNN .+ \| NCCL 2\.28\.0", line), line
     cuda.init_device(0)
     fake.driver_version = 11080
     with pytest.raises(LlmcError, match=r"cupy-cuda12x needs a CUDA 12 driver, this driver supports CUDA 11: "
@@ -471,7 +656,7 @@ def test_train_program_on_fake_gpu(emulated, d12_dir, wide_model, tmp_path, monk
     assert train_program.main(args + ["-x", "3"]) == 0
     out = capsys.readouterr().out
     assert "| device                | NVIDIA H100 80GB HBM3" in out and "| precision             | BF16" in out
-    assert re.search(r"^CUDA driver 12\.9 \| runtime 12\.9 \| cupy .* \| nvmath .* \| cuDNN .* \| NCCL n/a$", out, re.M)
+    assert re.search(r"^CUDA driver 12\.9 \| runtime 12\.9 \| cupy .* \| nvmath .* \| cuDNN .* \| NCCL 2\.28\.0$", out, re.M)
     assert ("MFU: against 988.8 TFLOPS, the dense BF16 tensor-core peak of NVIDIA H100 80GB HBM3 (hopper family at "
             "528 tensor cores, 1830 MHz)\n") in out
     assert "allocating" in out and "MiB for activations" in out and "device memory usage:" in out
@@ -486,6 +671,15 @@ def test_train_program_on_fake_gpu(emulated, d12_dir, wide_model, tmp_path, monk
     assert train_program.main(args + ["-x", "4", "-y", "1"]) == 0
     out = capsys.readouterr().out
     assert "resumed from step 3" in out and re.search(r"^step +4/4 \| loss", out, re.M)
+
+
+def test_one_gpu_failure_is_an_ordinary_error(fake, tmp_path, capsys):
+    """NCCL at world size 1 (every one-GPU run) has no other rank to take down: a failing run ends the ordinary
+    way, an LlmcError for run_main's one line, not os._exit (which would also drop unflushed output)."""
+    train_program = load_program("train_gpt2cu_failing", "train_gpt2cu.py")
+    with pytest.raises(LlmcError, match="missing_train.*no files match"):
+        train_program.main(["-i", str(tmp_path / "missing_train_*.bin"), "-b", "2", "-t", "16", "-g", "16"])
+    assert "error:" not in capsys.readouterr().err  # printed once, by run_main, not also by the communicator
 
 
 @pytest.fixture(scope="module")

@@ -408,7 +408,8 @@ def test_fs_sync_file(tmp_path):
 
 # ----------------------------------------------------------------------------
 # the NCCL communicator against a recording stand-in for cupy.cuda.nccl (no GPU here): the calls it issues,
-# with llm.c's in-place offsets. What NCCL does with them is for a GPU run to show.
+# with llm.c's in-place offsets, each checked against the installed CuPy's NCCL signatures and constants. What
+# NCCL does with them is for a GPU run to show.
 
 class FakeBuffer:
     def __init__(self, size, dtype=np.float32, ptr=1 << 20):
@@ -426,19 +427,28 @@ class FakeBuffer:
 
 def fake_cupy(calls):
     import types
+    import fake_gpu
+    real = fake_gpu.real_libraries()  # read before the stand-in takes cupy's place
     nccl = types.ModuleType("cupy.cuda.nccl")
     nccl.available = True
-    nccl.NCCL_FLOAT32, nccl.NCCL_BFLOAT16, nccl.NCCL_SUM, nccl.NCCL_AVG = 7, 9, 0, 4
+    for name, value in real.nccl_constants.items():
+        setattr(nccl, name, value)
     nccl.get_unique_id = lambda: UID
     nccl.groupStart = lambda: calls.append(("groupStart",))
     nccl.groupEnd = lambda: calls.append(("groupEnd",))
 
     class NcclCommunicator:
         def __init__(self, ndev, comm_id, rank):
+            fake_gpu.real_api("nccl.NcclCommunicator").check((ndev, comm_id, rank), {})
             calls.append(("init", ndev, comm_id, rank))
 
         def __getattr__(self, name):
-            return lambda *args: calls.append((name, *args))
+            api = fake_gpu.real_api(f"nccl.NcclCommunicator.{name}")
+
+            def call(*args):
+                api.check((self,) + args, {})
+                calls.append((name, *args))
+            return call
     nccl.NcclCommunicator = NcclCommunicator
     cuda = types.ModuleType("cupy.cuda")
     cuda.nccl = nccl

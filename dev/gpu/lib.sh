@@ -12,16 +12,20 @@ cd "$ROOT"
 figure() { printf '%s\n' "$*" > "$FIGURE"; }
 
 # need_d12: echoes the folder holding the d12 random-init model files (fp32, bf16, debug state, tokenizer) and
-# the tinyshakespeare shards, laid out like a user's run folder; written on this machine once per check run
+# the tinyshakespeare shards, laid out like a user's run folder; written once on this machine (a rerun on the same
+# machine reuses it). check.sh starts writing it in the background; a lock makes a step that needs it wait.
 need_d12() {
   local dir=$WORK/d12
-  if [ ! -f "$dir/.complete" ]; then
-    echo "writing the d12 fixture into $dir" >&2
-    rm -rf "$dir" && mkdir -p "$dir" || return 1
-    "$PY" dev/data/tinyshakespeare.py --input "$DATA/tinyshakespeare/input.txt" \
-      --out-dir "$dir/dev/data/tinyshakespeare" >&2 || return 1
-    (cd "$dir" && "$PY" "$ROOT/train_gpt2.py" --model d12 --num_iterations 0 --device cpu) >&2 || return 1
-    touch "$dir/.complete"
-  fi
+  {
+    if command -v flock > /dev/null; then flock 9; fi
+    if [ ! -f "$dir/.complete" ]; then
+      echo "writing the d12 fixture into $dir" >&2
+      rm -rf "$dir" && mkdir -p "$dir" || return 1
+      "$PY" dev/data/tinyshakespeare.py --input "$DATA/tinyshakespeare/input.txt" \
+        --out-dir "$dir/dev/data/tinyshakespeare" >&2 || return 1
+      (cd "$dir" && "$PY" "$ROOT/train_gpt2.py" --model d12 --num_iterations 0 --device cpu) >&2 || return 1
+      touch "$dir/.complete"
+    fi
+  } 9> "$WORK/d12.lock"
   echo "$dir"
 }

@@ -5,6 +5,7 @@ nvidia-smi
 "$PY" - <<'PY'
 import importlib.metadata as md
 import os
+import sys
 import time
 
 from llmc_py import cuda
@@ -31,16 +32,23 @@ cublas, lt = _import_bindings()
 print(f"cuBLASLt {lt.get_version()}")
 try:
     import cudnn  # noqa: F401 (why it does not load, when it does not: the versions line says only n/a)
-except Exception as e:
+except Exception as e:  # reported, not fatal here: the attention step decides
     print(f"cuDNN frontend: {type(e).__name__}: {e}")
-loaded = 0
-for path in cuda.kernel_files():
+print(f"CUDA runtime headers (cuda_bf16.h) for NVRTC: {cuda.cuda_include_dir()}")
+loaded, failed = 0, []
+for path in cuda.kernel_files():  # every module, even after a failure: one run shows them all
     for precision in cuda.PRECISION_DEFINES:
         t0 = time.perf_counter()
-        cuda.load_module(path.stem, precision)
+        try:
+            cuda.load_module(path.stem, precision)
+        except Exception as e:
+            failed.append(f"{path.stem}/{precision}")
+            print(f"FAILED to load {path.name} {precision}: {type(e).__name__}: {e}")
+            continue
         loaded += 1
         print(f"loaded {path.name:<22} {precision} in {time.perf_counter() - t0:.2f} s")
 with open(os.environ["FIGURE"], "w") as f:
-    f.write(f"{info.name} sm_{info.compute_capability}; {line}; cuBLASLt {lt.get_version()}; "
-            f"{loaded} modules loaded\n")
+    f.write(f"{info.name} sm_{info.compute_capability}; {line}; cuBLASLt {lt.get_version()}; {loaded} modules loaded"
+            f"{'; FAILED: ' + ' '.join(failed) if failed else ''}\n")
+sys.exit(1 if failed else 0)
 PY

@@ -1,0 +1,123 @@
+"""dev/gpu/check.sh, the one command a lent GPU machine runs, exercised on the CPU with stand-in steps: what it
+prints has to be the whole story within a 12,000-character reply, whatever the steps print or however they fail.
+
+The runner and dev/gpu/lib.sh are copied into a scratch repository whose dev/gpu/steps/ holds small scripts that
+pass, fail the way pytest and the model test fail, time out, or need the d12 fixture (written by stand-ins for
+dev/data/tinyshakespeare.py and train_gpt2.py that only record that they ran).
+"""
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from conftest import REPO_ROOT
+
+STEPS = {
+    "10_pass.sh": """# passes, with a figure that holds the table's old separator
+# timeout: 20
+source dev/gpu/lib.sh
+figure "B=4: 10.0 ms/step | 400000 tok/s | 40.0% bf16 MFU"
+""",
+    "20_kernels.sh": """# fails the way pytest fails, after a long log
+# timeout: 20
+source dev/gpu/lib.sh
+for i in $(seq 1 3000); do echo "tests/test_kernels_gpu.py::test_case[$i] PASSED"; done
+echo "E   AssertionError: arrays differ"
+echo "cupy_backends.cuda.api.driver.CUDADriverError: CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access"
+echo "FAILED tests/test_kernels_gpu.py::test_encoder[bf16] - AssertionError: arrays differ"
+for i in $(seq 1 3000); do echo "teardown line $i"; done
+figure "3000 passed, 1 failed"
+exit 1
+""",
+    "30_model.sh": """# needs the d12 fixture, then fails the way test_gpt2cu.py fails
+# timeout: 20
+source dev/gpu/lib.sh
+d12=$(need_d12) || { figure "d12 fixture not written"; exit 1; }
+cat "$d12/model.txt"
+echo "=== python test_gpt2cu.py -e gpt2_d12_bf16.bin -r 0"
+echo "TENSOR NOT OK, maxdiff = 1.0"
+echo "overall okay: 0"
+figure "-r0:FAIL"
+exit 1
+""",
+    "40_slow.sh": """# runs past its timeout
+# timeout: 2
+source dev/gpu/lib.sh
+echo started
+sleep 30
+""",
+}
+FIXTURE_WRITERS = {
+    "dev/data/tinyshakespeare.py": "import sys, time\ntime.sleep(2)\nprint('tokenized', file=sys.stderr)\n",
+    "train_gpt2.py": "import time\ntime.sleep(1)\nopen('model.txt', 'w').write('d12 written\\n')\n",
+}
+
+
+@pytest.fixture
+def scratch_repo(tmp_path):
+    root = tmp_path / "repo"
+    (root / "dev" / "gpu" / "steps").mkdir(parents=True)
+    (root / "dev" / "data").mkdir()
+    for name in ("check.sh", "lib.sh"):
+        shutil.copy(REPO_ROOT / "dev" / "gpu" / name, root / "dev" / "gpu" / name)
+    for name, text in STEPS.items():
+        (root / "dev" / "gpu" / "steps" / name).write_text(text)
+    for name, text in FIXTURE_WRITERS.items():
+        (root / name).write_text(text)
+    return root
+
+
+def check(root, *args, budget=120):
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "WORK": str(root.parent / "work"),
+           "OUT": str(root.parent / "out"), "LLMC_TEST_DATA": str(root.parent), "CHECK_BUDGET_S": str(budget)}
+    proc = subprocess.run(["bash", "dev/gpu/check.sh", *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def table(stdout):
+    """{step: (result, seconds, figure)} from the summary table printed last."""
+    rows = stdout.split("step             result seconds  key figure\n", 1)[1].splitlines()
+    return {row[:16].strip(): (row[17:22].strip(), int(row[23:30]), row[32:]) for row in rows}
+
+
+def test_check_reports_every_failure_within_one_reply(scratch_repo):
+    status, out, err = check(scratch_repo)
+    assert status == 1, err
+    rows = table(out)
+    assert rows["pass"] == ("PASS", rows["pass"][1], "B=4: 10.0 ms/step | 400000 tok/s | 40.0% bf16 MFU")
+    assert rows["kernels"][0] == "FAIL" and rows["kernels"][2] == "exit 1; 3000 passed, 1 failed"
+    assert rows["model"][0] == "FAIL" and rows["model"][2] == "exit 1; -r0:FAIL"
+    assert rows["slow"][0] == "FAIL" and rows["slow"][2] == "timed out after 2 s"
+    # the lines that say what went wrong survive thousands of lines before and after them
+    failures = out.split("GPU check: ", 1)[0]
+    for line in ("FAILED tests/test_kernels_gpu.py::test_encoder[bf16] - AssertionError: arrays differ",
+                 "CUDA_ERROR_ILLEGAL_ADDRESS", "=== python test_gpt2cu.py -e gpt2_d12_bf16.bin -r 0",
+                 "TENSOR NOT OK, maxdiff = 1.0", "=== timed out after 2 s", "teardown line 3000"):
+        assert line in failures, line
+    assert len(out) < 12_000
+    work = scratch_repo.parent / "work"
+    # the fixture was written once, in the background, and the model step waited for it
+    assert "d12 written" in (work / "logs" / "30_model.log").read_text()
+    assert "writing the d12 fixture" in (work / "logs" / "d12_fixture.log").read_text()
+    assert "writing the d12 fixture" not in (work / "logs" / "30_model.log").read_text()
+    with tarfile.open(scratch_repo.parent / "out" / "logs.tar.gz") as logs:
+        names = sorted(logs.getnames())
+    assert names == ["logs", "logs/10_pass.log", "logs/20_kernels.log", "logs/30_model.log", "logs/40_slow.log",
+                     "logs/d12_fixture.log"]
+    assert (scratch_repo.parent / "out" / "summary.txt").read_text().strip() == out.split("\n\n")[-1].strip()
+
+
+def test_check_subsets_reruns_and_budget(scratch_repo):
+    status, out, _ = check(scratch_repo, "pass")
+    assert status == 0 and list(table(out)) == ["pass"]
+    check(scratch_repo, "model")
+    status, out, _ = check(scratch_repo, "model")  # a rerun on the same machine keeps the fixture
+    log = (scratch_repo.parent / "work" / "logs")
+    assert "writing the d12 fixture" not in (log / "30_model.log").read_text() + (log / "d12_fixture.log").read_text()
+    status, _, err = check(scratch_repo, "kernals")
+    assert status == 2 and "no step of dev/gpu/steps/ matches: kernals" in err
+    status, out, _ = check(scratch_repo, "pass", budget=30)  # too little left to start a step: not a pass
+    assert status == 1 and table(out)["pass"][:2] == ("SKIP", 0)
