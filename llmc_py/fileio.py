@@ -3,6 +3,8 @@
 Every llm.c file starts with a 1024-byte header of 256 little-endian 32-bit words. Readers here check
 magic, version and the exact file size before trusting a single payload byte, and writers never leave a
 half-written file behind: they write to a temporary file in the same directory and rename it into place.
+A write that fails (full disk, no permission) removes its temporary file and becomes one LlmcError line; only
+a process killed mid-write leaves one, which remove_stale_temps clears at the next start.
 """
 import contextlib
 import os
@@ -14,6 +16,7 @@ from llmc_py import LlmcError
 
 HEADER_WORDS = 256
 HEADER_BYTES = 4 * HEADER_WORDS
+TEMP_PREFIX = ".tmp_"  # atomic_write's temporary files: TEMP_PREFIX + final name + "." + random suffix
 
 
 def make_header(magic, version, dtype=np.int32):
@@ -50,18 +53,56 @@ def check_size(path, size, expected, what):
 
 
 @contextlib.contextmanager
-def atomic_write(path):
-    """Yields a binary file object; on success the file appears at `path` whole, on failure not at all."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
+def _disk_errors(path):
+    """An OSError of the block (ENOSPC, EACCES, EIO, ...) becomes one LlmcError line naming `path`."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        yield
+    except OSError as e:
+        raise LlmcError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+class _DiskFile:
+    """What atomic_write yields: unbuffered writes of whole buffers (so nothing is left to flush at close, where
+    a full disk would fail a second time), each failure an LlmcError naming the final path."""
+
+    def __init__(self, fd, path):
+        self.fd, self.path = fd, path
+
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        with _disk_errors(self.path):
+            while view:
+                view = view[os.write(self.fd, view):]
+        return len(data)
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Yields a binary file (write only); on success the file appears at `path` whole, on failure not at all."""
+    directory = os.path.dirname(os.path.abspath(path))
+    with _disk_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
+    try:
+        try:
+            yield _DiskFile(fd, path)
+            with _disk_errors(path):
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        with _disk_errors(path):
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(directory):
+    """Deletes the temporary files that writers killed mid-write (kill -9, power loss) left in `directory`;
+    returns their names. Call it only while no writer of this program runs there."""
+    names = sorted(name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX))
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+    return names
