@@ -94,5 +94,8 @@ def d12_dir(test_data_dir):
         proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             pytest.fail(f"{' '.join(cmd[1:3])} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    stamp.write_text(digest)
+    # a new file renamed into place, not a write into the old one: worktrees may share it as a hard link
+    from llmc_py.fileio import atomic_write
+    with atomic_write(str(stamp)) as f:
+        f.write(digest.encode())
     return folder
