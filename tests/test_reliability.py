@@ -38,7 +38,6 @@ STEPS = 40  # of the reference run; the learning rate is constant (no warmup, no
 # children flush every line (the tests read them as they come), one BLAS thread each, Open MPI allowed as root
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", **MPI_ENV)
 STEP_LINE = re.compile(r"^step +(\d+)/\d+ \| loss +(\S+) ")
-LOG_LINE = re.compile(rb"s:\d+ (tel:\d+\.\d{4}|trl:\S+ lr:\d\.\d{6} norm:\S+( skipped:nonfinite)?)\n")
 
 
 # ----------------------------------------------------------------------------
@@ -189,8 +188,7 @@ def test_kill9_at_random_moments_resumes_exactly(tiny, reference, tmp_path):
     for step, loss in losses(final.stdout).items():
         printed.setdefault(step, set()).add(loss)
     assert inside_writes >= 3, f"only {inside_writes} kills landed inside a checkpoint write"
-    assert sorted(printed) == list(range(1, STEPS + 1))
-    assert {step: set(values) for step, values in printed.items()} == {s: {v} for s, v in ref_losses.items()}
+    assert printed == {step: {loss} for step, loss in ref_losses.items()} and len(printed) == STEPS
     assert not temp_files(run)
     assert_nothing_torn(run, ref)
     same_files(run, ref, ["main.log", *sorted(checkpoint_names(STEPS))])
