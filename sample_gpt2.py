@@ -12,7 +12,6 @@ The forward is the training forward over buffers allocated once for batch 1 and 
 each forward covers the prefix exactly, on the GPU a multiple of 256 positions, as llm.c's sampler.
 """
 import argparse
-import sys
 
 from llmc_py import LlmcError, cuda, run_main
 from llmc_py.gpt2 import GPT2

@@ -13,17 +13,20 @@ random init included), else from llm.c's list for GPT-2 124M. Their tolerance de
 that two correct float32 implementations differ by up to ~2e-4, so random-init fixtures use 1e-3.
 On the GPU the matmuls run without TF32 (as llm.c's test) and bf16 gets llm.c's bf16 tolerances (spec 3.2),
 whichever attention runs (--attention auto takes cuDNN's for bf16 where it loads, as llm.c's USE_CUDNN=1 build).
+The reload check trains on the -j tokens when the model's vocabulary holds them all, else (a model with a
+smaller vocabulary than GPT-2's) on a shard made of the debug batch's own tokens, which fit by construction.
 Prints `overall okay: 1` and exits 0 only if everything passed.
 """
 import os
 import sys
+import tempfile
 
 import numpy as np
 
 from llmc_py import LlmcError, cuda, run_main
 from llmc_py.checkpoint import read_debug_state
 from llmc_py.config import PARAM_NAMES
-from llmc_py.dataloader import DataLoader
+from llmc_py.dataloader import DataLoader, read_shard, write_shard
 from llmc_py.gpt2 import GPT2
 
 # llm.c's expected losses of steps 1..10 for GPT-2 124M (mainline test_gpt2cu)
@@ -37,6 +40,7 @@ GRAD_THRESHOLDS = {"fp32": [1e-6] * 16,
                             1e-1, 2e-2]}
 GRAD_RELATIVE = 0.079
 STEPS = 10
+RELOAD_SHARD_COPIES = 8  # rotated copies of the debug batch in the fallback shard: 8 distinct samples
 MODEL_CKPT, STATE_CKPT = "test_gpt2cu_model.ckpt", "test_gpt2cu_state.ckpt"
 USAGE = ("usage: python test_gpt2cu.py [-e model.bin] [--debug-state file] [--device cuda|cpu] "
          "[--precision bf16|fp32] [--matmul cublas|custom|fp16fc] [--attention auto|cudnn|llmc] [-j val.bin] "
@@ -100,6 +104,23 @@ def continue_training(model, loader, first_t):
         model.update(1e-4, 0.0, 1.0, first_t + k)
         losses.append(model.mean_loss)
     return losses, first_tokens
+
+
+def reload_loader(pattern, state, vocab_size, folder):
+    """The shuffled loader of the reload check: over `pattern` when every token id fits the vocabulary, else over
+    a shard of rotated copies of the debug batch written into `folder`."""
+    loader = DataLoader(pattern, state.B, state.T, should_shuffle=True)
+    largest = max(int(read_shard(path).max()) for path in loader.files)
+    if largest < vocab_size:
+        return loader
+    loader.close()
+    print(f"note: {pattern} holds token ids up to {largest}, beyond this model's vocabulary of {vocab_size}: "
+          f"the reload check trains on a shard of the debug batch's tokens instead")
+    flat = state.x.reshape(-1)
+    tokens = [np.roll(flat, k) for k in range(RELOAD_SHARD_COPIES)] + [state.y.reshape(-1)[-1:]]
+    path = os.path.join(folder, "debug_batch_tokens.bin")
+    write_shard(path, np.concatenate(tokens))
+    return DataLoader(path, state.B, state.T, should_shuffle=True, vocab_size=vocab_size)
 
 
 def main(argv):
@@ -169,7 +190,8 @@ def main(argv):
 
     # determinism: save, continue 10 steps, reload, continue again: identical losses and tokens
     first_t = len(expected) + 1
-    loader = DataLoader(o["-j"], B, T, should_shuffle=True)
+    tokens_dir = tempfile.TemporaryDirectory()
+    loader = reload_loader(o["-j"], state, V, tokens_dir.name)
     model.write_model(MODEL_CKPT)
     model.write_state(STATE_CKPT, len(expected), loader)
     try:
@@ -180,6 +202,8 @@ def main(argv):
         reloaded.load_state(STATE_CKPT, loader)
         losses_b, tokens_b = continue_training(reloaded, loader, first_t)
     finally:
+        loader.close()
+        tokens_dir.cleanup()
         for path in (MODEL_CKPT, STATE_CKPT):
             if os.path.exists(path):
                 os.remove(path)

@@ -13,6 +13,8 @@ llmc_py.step's TrainStep: on the GPU its device work is captured once as CUDA gr
 the default there), and the loss and grad norm come back once per step.
 Several processes (mpirun, srun, or -pn/-pr with -pi tcp/fs) each train on their own slice of every batch
 and average gradients through llmc_py.zero; only rank 0 prints, logs, samples and writes the model file.
+Beyond llm.c: SIGTERM/SIGINT stop the run at the next step boundary with a checkpoint (llmc_py.preemption),
+and a step whose loss or gradient norm is NaN or infinite skips its update (-sn: how many in a row end the run).
 """
 import math
 import os
@@ -24,11 +26,13 @@ import numpy as np
 from llmc_py import LlmcError, cuda, run_main
 from llmc_py.attention import ATTENTION_CHOICES
 from llmc_py.dataloader import DataLoader, EvalLoader
+from llmc_py.fileio import atomic_write, remove_stale_temps
 from llmc_py.gpt2 import GPT2, Shard
 from llmc_py.hellaswag import evaluate as evaluate_hellaswag
 from llmc_py.logger import Logger
 from llmc_py.mfu import describe_peak, estimate_mfu, format_mfu, get_flops_promised
 from llmc_py.outlier_detector import OutlierDetector
+from llmc_py.preemption import StopRequest
 from llmc_py.sampler import Sampler, check_fits, generate, prompt_tokens
 from llmc_py.schedulers import LearningRateScheduler
 from llmc_py.step import TrainStep
@@ -57,6 +61,7 @@ FLAGS = {
     "-c": ("weight_decay", float, 0.0),
     "-sl": ("skip_update_lossz", float, 0.0),
     "-sg": ("skip_update_gradz", float, 0.0),
+    "-sn": ("nonfinite_steps_limit", int, 10),
     "-v": ("val_loss_every", int, 20),
     "-m": ("val_max_steps", int, 20),
     "-s": ("sample_every", int, 20),
@@ -107,6 +112,7 @@ Options:
   -c <float>  weight decay (default = 0.0f)
   -sl <float> outlier stability: skip update if loss goes above this in zscore (0.0f=off)
   -sg <float> outlier stability: skip update if grad_norm goes above this in zscore (0.0f=off)
+  -sn <int>   NaN/inf loss or grad_norm always skips the update; stop after this many in a row (default = 10, 0 = never)
   -v <int>    val_loss_every, how often we evaluate val loss (default = 20)
   -m <int>    val_max_steps, up to how many val batches to estimate val loss? (default = 20)
   -s <int>    sample_every, how often we inference the model (default = 20)
@@ -185,7 +191,8 @@ def check_options(o):
     if o["cuda_graph"] and o["device"] != "cuda":
         raise LlmcError("--cuda-graph 1: CUDA graphs need --device cuda")
     for flag, name, low in (("-b", "B", 1), ("-t", "T", 1), ("-v", "val_loss_every", 1), ("-u", "warmup_iterations", 0),
-                            ("-r", "recompute", 0), ("-nk", "checkpoints_keep", 0), ("-nm", "major_checkpoint_every", 0)):
+                            ("-r", "recompute", 0), ("-nk", "checkpoints_keep", 0), ("-nm", "major_checkpoint_every", 0),
+                            ("-sn", "nonfinite_steps_limit", 0)):
         if o[name] < low:
             raise LlmcError(f"{flag} {o[name]}: expected an integer >= {low}")
     if o["recompute"] > 2:
@@ -241,7 +248,8 @@ def save_checkpoint(model, loader, output_dir, step, rank, comm):
     model.write_state(state_path, step, loader)
     comm.barrier()
     if rank == 0:
-        open(done_path, "w").close()
+        with atomic_write(done_path):
+            pass
 
 
 def prune_checkpoint(output_dir, step, rank, keep, every, major_every):
@@ -249,21 +257,58 @@ def prune_checkpoint(output_dir, step, rank, keep, every, major_every):
     old = step - keep * every
     if keep > 0 and old > 0 and (major_every == 0 or old % major_every != 0):
         model_path, state_path, done_path = checkpoint_paths(output_dir, old, rank)
-        for path in ((model_path, done_path, state_path) if rank == 0 else (state_path,)):
+        for path in ((done_path, model_path, state_path) if rank == 0 else (state_path,)):
             if os.path.exists(path):
                 os.remove(path)
 
 
-def open_data(o, train_pattern, B, T, rank, num_processes):
+def open_data(o, train_pattern, B, T, rank, num_processes, vocab_size):
     """The train, val and HellaSwag loaders (the last with -h 1 when its eval file exists, else None), opened
-    before the model is built: each checks its files against B, T and the process count now (every shard
-    holds a batch, every HellaSwag example fits T), so a run that cannot finish stops at start-up."""
-    train_loader = DataLoader(train_pattern, B, T, rank, num_processes, should_shuffle=not o["overfit_single_batch"])
-    val_loader = DataLoader(o["val_data_pattern"], B, T, rank, num_processes, should_shuffle=False)
+    before the first step: each checks its files against B, T, the process count and the model's vocabulary now
+    (every shard holds a batch, every token id indexes the vocabulary, every HellaSwag example fits T), so a run
+    that cannot finish stops at start-up."""
+    train_loader = DataLoader(train_pattern, B, T, rank, num_processes, should_shuffle=not o["overfit_single_batch"],
+                              vocab_size=vocab_size)
+    val_loader = DataLoader(o["val_data_pattern"], B, T, rank, num_processes, should_shuffle=False,
+                            vocab_size=vocab_size)
     eval_loader = None
     if o["hellaswag_eval"] and os.path.exists(HELLASWAG_PATH):
         eval_loader = EvalLoader(HELLASWAG_PATH, B, T, rank, num_processes)
     return train_loader, val_loader, eval_loader
+
+
+def stop_for_signal(model, loader, output_dir, step, rank, comm, stop, checkpoint_exists):
+    """Preemption, reached by every rank at the same step boundary: the checkpoint of `step` (when there is an
+    output dir and an update to save), then one line saying where to resume. Returns the exit status, 0."""
+    cause = stop.signal_name or "a stop signal to another process"
+    if not output_dir:
+        print(f"stopped at step {step} on {cause}: no output dir (-o), so no checkpoint to resume from")
+    elif not model.optimizer_ready:
+        print(f"stopped at step {step} on {cause}: no update done yet, nothing to checkpoint")
+    else:
+        if not checkpoint_exists:
+            save_checkpoint(model, loader, output_dir, step, rank, comm)
+        print(f"stopped at step {step} on {cause}: checkpoint {step} is in {output_dir}; "
+              f"run again with the same flags and -y 1 to continue from it", flush=True)
+    return 0
+
+
+NONFINITE = "a non-finite loss or gradient norm"
+
+
+def update_decision(loss, grad_norm, loss_outliers, norm_outliers, o):
+    """Between backward and update, on the host: (why this step's update is skipped, or None; loss z-score;
+    norm z-score). A NaN or infinite loss or norm always skips, and stays out of the outlier windows (one NaN
+    would poison their running sums for good); then llm.c's z-score tests (-sl, -sg). Every rank holds the same
+    reduced loss and norm, so all ranks decide alike."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        return NONFINITE, math.nan, math.nan
+    zloss, zgrad = loss_outliers.update(loss), norm_outliers.update(grad_norm)
+    if math.isfinite(zloss) and o["skip_update_lossz"] != 0 and zloss > o["skip_update_lossz"]:
+        return f"loss z-score of {zloss:f}", zloss, zgrad
+    if math.isfinite(zgrad) and o["skip_update_gradz"] != 0 and zgrad > o["skip_update_gradz"]:
+        return f"grad z-score of {zgrad:f}", zloss, zgrad
+    return None, zloss, zgrad
 
 
 def evaluate_val_loss(model, val_loader, num_batches, comm):
@@ -302,7 +347,8 @@ def main(argv):
     if info.process_rank != 0:
         sys.stdout = open(os.devnull, "w")  # only rank 0 prints, as llm.c's printf0
     try:
-        return train(o, info, comm, device)
+        with StopRequest() as stop:
+            return train(o, info, comm, device, stop)
     except (Exception, KeyboardInterrupt) as e:
         # one failing rank takes the others down instead of leaving them in a collective (no-op alone)
         comm.abort(f"error: {e}" if isinstance(e, LlmcError)
@@ -310,8 +356,10 @@ def main(argv):
         raise
 
 
-def train(o, info, comm, device=None):
-    """The training run; `device` is the GPU's DeviceInfo (--device cuda) or None (cpu)."""
+def train(o, info, comm, device=None, stop=None):
+    """The training run; `device` is the GPU's DeviceInfo (--device cuda) or None (cpu); `stop` the installed
+    StopRequest (None: signals keep their usual effect)."""
+    stop = stop if stop is not None else StopRequest()
     rank, num_processes = info.process_rank, info.num_processes
     B, T = o["B"], o["T"]
     tokens_per_fwdbwd = B * T * num_processes
@@ -358,8 +406,13 @@ def train(o, info, comm, device=None):
         if resume_step >= 0:
             check_resume_world(output_dir, resume_step, rank, num_processes)
     if output_dir and rank == 0:
-        os.makedirs(output_dir, mode=0o700, exist_ok=True)
-    train_loader, val_loader, eval_loader = open_data(o, train_pattern, B, T, rank, num_processes)
+        try:
+            os.makedirs(output_dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise LlmcError(f"-o {output_dir}: cannot create the output dir: {e.strerror}") from None
+        stale = remove_stale_temps(output_dir)  # left by a run killed mid-write; no writer runs yet
+        if stale:
+            print(f"removed {len(stale)} unfinished file(s) of an interrupted write from {output_dir}")
     model_kwargs = dict(recompute=o["recompute"], gelu_fusion=gelu_fusion,
                         use_master_weights=bool(o["use_master_weights"]),
                         rng_seed=13371337 + rank, comm=comm, device=o["device"], precision=o["precision"],
@@ -379,6 +432,7 @@ def train(o, info, comm, device=None):
                  ("padded_vocab_size Vp", c.padded_vocab_size), ("num_layers L", c.num_layers),
                  ("num_heads NH", c.num_heads), ("channels C", c.channels), ("num_parameters", c.num_parameters)])
 
+    train_loader, val_loader, eval_loader = open_data(o, train_pattern, B, T, rank, num_processes, c.vocab_size)
     train_num_batches = o["max_steps"] if o["max_steps"] != -1 else train_loader.num_tokens // total_batch_size
     val_num_batches = o["val_max_steps"] if o["val_max_steps"] != -1 else val_loader.num_tokens // tokens_per_fwdbwd
     if train_num_batches <= 0:
@@ -397,7 +451,7 @@ def train(o, info, comm, device=None):
     print_table([("run hellaswag", "yes" if eval_loader is not None else
                   f"no ({HELLASWAG_PATH} missing)" if o["hellaswag_eval"] else "no")])
 
-    logger = Logger(output_dir, rank, resume=bool(o["resume"]))
+    logger = Logger(output_dir, rank, start_step=max(resume_step, 0))
     tokenizer = Tokenizer.load_optional(TOKENIZER_PATH)
     eot = tokenizer.eot_token if tokenizer is not None else c.vocab_size - 1
     scheduler = LearningRateScheduler(o["lr_scheduler_type"], o["learning_rate"], o["warmup_iterations"],
@@ -415,12 +469,15 @@ def train(o, info, comm, device=None):
         print(f"resumed from step {start_step} of {output_dir}")
     loss_outliers, norm_outliers = OutlierDetector(), OutlierDetector()
     train_step = TrainStep(model, grad_accum_steps, cuda_graph=bool(o["cuda_graph"]))
+    nonfinite_in_a_row = 0
 
     total_time_ms, ema_tokens_per_second = 0.0, 0.0
     tokens_per_step = total_batch_size
     timer = cuda.StepTimer(gpu)  # CUDA events on the GPU: from before the first micro step to after the update
     for step in range(start_step, train_num_batches + 1):
         last = step == train_num_batches
+        if stop.ranks_stopping(comm):
+            return stop_for_signal(model, train_loader, output_dir, step, rank, comm, stop, step == resume_step)
         if step % o["val_loss_every"] == 0 or last:
             val_loss = evaluate_val_loss(model, val_loader, val_num_batches, comm)
             print(f"val loss {val_loss:f}")
@@ -449,13 +506,11 @@ def train(o, info, comm, device=None):
             inputs, targets = train_loader.next_batch()
             train_step.micro_step(inputs, targets, micro_step)
         mean_loss, grad_norm = train_step.readback()
-        zloss = loss_outliers.update(mean_loss)
         lr = scheduler.get(step)
-        zgrad = norm_outliers.update(grad_norm)
-        if math.isfinite(zloss) and o["skip_update_lossz"] != 0 and zloss > o["skip_update_lossz"]:
-            print(f"skipping update due to loss z-score of {zloss:f}")
-        elif math.isfinite(zgrad) and o["skip_update_gradz"] != 0 and zgrad > o["skip_update_gradz"]:
-            print(f"skipping update due to grad z-score of {zgrad:f}")
+        skip, zloss, zgrad = update_decision(mean_loss, grad_norm, loss_outliers, norm_outliers, o)
+        nonfinite_in_a_row = nonfinite_in_a_row + 1 if skip == NONFINITE else 0
+        if skip is not None:
+            print(f"skipping update due to {skip}")
         else:
             train_step.update(lr, o["weight_decay"], step + 1)
         ms = timer.stop()
@@ -468,10 +523,17 @@ def train(o, info, comm, device=None):
             bias_corrected = ema_tokens_per_second / (1.0 - 0.95 ** step)
         mfu = estimate_mfu(c.num_parameters, c.num_layers, c.channels, T, tokens_per_step // num_processes,
                            ms / 1000.0, peak)
+        skipped = " | update skipped: non-finite" if skip == NONFINITE else ""
         print(f"step {step + 1:4d}/{train_num_batches} | loss {mean_loss:7.6f} ({zloss:+.2f}z)| "
               f"norm {grad_norm:6.4f} ({zgrad:+.2f}z)| lr {lr:.2e} | {ms:.2f} ms | {format_mfu(mfu)} | "
-              f"{bias_corrected:.0f} tok/s", flush=True)
-        logger.log_train(step, mean_loss, lr, grad_norm)
+              f"{bias_corrected:.0f} tok/s{skipped}", flush=True)
+        logger.log_train(step, mean_loss, lr, grad_norm, nonfinite=skip == NONFINITE)
+        if nonfinite_in_a_row and nonfinite_in_a_row == o["nonfinite_steps_limit"]:
+            last_good = latest_checkpoint_step(output_dir) if output_dir else -1
+            raise LlmcError(f"-sn {o['nonfinite_steps_limit']}: steps {step + 2 - nonfinite_in_a_row}..{step + 1} "
+                            f"all had a NaN or infinite loss or gradient norm and skipped their updates; stopping"
+                            + (f" (the last checkpoint, step {last_good}, is in {output_dir})" if last_good >= 0
+                               else ""))
 
     if train_num_batches - start_step > 1:
         print(f"total average iteration time: {total_time_ms / (train_num_batches - 1):f} ms")

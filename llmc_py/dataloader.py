@@ -6,7 +6,9 @@ one token. Shuffling permutes whole samples and the shard order with a Mersenne 
 42 + rank, as llm.c), so at a given step ranks read slices of different samples, yet each rank still covers
 its slice of every sample once per epoch. The shard order is permuted *in place* on every reset, so epoch
 orders compose instead of restarting from the identity. Samples are read straight from a memory map of the open shard into the
-loader's preallocated int32 buffers; whole shards are never loaded per batch.
+loader's preallocated int32 buffers; whole shards are never loaded per batch. Given the model's vocabulary size,
+the loader checks every shard's largest token id the first time it opens it (the first shard at start-up), so
+data made for another tokenizer stops with one line naming the file instead of indexing past the embedding table.
 """
 import glob
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from llmc_py import LlmcError
 from llmc_py.checkpoint import LoaderState
-from llmc_py.fileio import HEADER_BYTES, check_size, read_header
+from llmc_py.fileio import HEADER_BYTES, atomic_write, check_size, make_header, read_header
 from llmc_py.rand import MT19937
 
 # model_desc -> (magic, version, token dtype). The trainer reads only "gpt-2"; the LLaMA-3 variant exists
@@ -47,6 +49,32 @@ def read_shard(path):
     return np.fromfile(path, dtype=dtype, count=ntok, offset=HEADER_BYTES).astype(np.uint16)
 
 
+def write_shard(path, toks, model_desc="gpt-2", name=None):
+    """Writes tokens as a shard: 256 x i32 header (magic, version, ntok), then the tokens. Refuses anything the
+    reader would refuse (an empty shard, tokens that do not fit the token type, 2^31 or more tokens), naming the
+    file `name` (default: path; a staged write names its final path). Returns the file's size in bytes."""
+    target, path = path, name or path
+    if model_desc not in SHARD_FORMATS:
+        raise LlmcError(f"{path}: unknown model_desc: expected one of {', '.join(SHARD_FORMATS)}, "
+                        f"found {model_desc!r}")
+    magic, version, dtype = SHARD_FORMATS[model_desc]
+    toks = np.asarray(toks)
+    ntok = toks.size
+    if not 0 < ntok < 2**31:
+        raise LlmcError(f"{path}: a shard needs 1..{2**31 - 1} tokens, found {ntok}")
+    if toks.dtype.kind not in "iu":
+        raise LlmcError(f"{path}: tokens must be integers, found dtype {toks.dtype}")
+    lo, hi = int(toks.min()), int(toks.max())
+    if lo < 0 or hi > np.iinfo(dtype).max:
+        raise LlmcError(f"{path}: {model_desc} tokens must be 0..{np.iinfo(dtype).max}, found {lo}..{hi}")
+    header = make_header(magic, version)
+    header[2] = ntok
+    with atomic_write(target) as f:
+        f.write(header.astype("<i4").tobytes())
+        f.write(toks.astype(dtype).tobytes())
+    return HEADER_BYTES + ntok * dtype.itemsize
+
+
 def _permute(a, rng):
     """llm.c's random_permutation: Fisher-Yates from the top, j = randint32() % (i+1), n-1 draws, in place."""
     n = len(a)
@@ -75,11 +103,13 @@ class DataLoader:
     call overwrites (as llm.c's loader->inputs/targets): copy them to keep a batch.
     """
 
-    def __init__(self, pattern, B, T, process_rank=0, num_processes=1, should_shuffle=False):
+    def __init__(self, pattern, B, T, process_rank=0, num_processes=1, should_shuffle=False, vocab_size=None):
         self.pattern = str(pattern)
         self.B, self.T = int(B), int(T)
         self.process_rank, self.num_processes = int(process_rank), int(num_processes)
         self.should_shuffle = bool(should_shuffle)
+        self.vocab_size = vocab_size
+        self._vocab_checked = set()  # files whose token ids are known to fit vocab_size
         self.files = sorted(glob.glob(self.pattern))  # C glob: names sorted in byte order
         if not self.files:
             raise LlmcError(f"{self.pattern}: no files match the data shard pattern")
@@ -124,6 +154,18 @@ class DataLoader:
         ntok = self._check_shard(path)
         self._tokens = np.memmap(path, dtype=SHARD_FORMATS["gpt-2"][2], mode="r", offset=HEADER_BYTES, shape=(ntok,))
         self.shard_num_samples = self._samples_in(ntok)
+        self._check_vocab(path)
+
+    def _check_vocab(self, path):
+        """Every token id of the open shard must index the model's vocabulary (once per file)."""
+        if self.vocab_size is None or path in self._vocab_checked:
+            return
+        largest = int(self._tokens.max())
+        if largest >= self.vocab_size:
+            raise LlmcError(f"{path}: holds token id {largest}, outside the model's vocabulary of "
+                            f"{self.vocab_size} tokens (ids 0..{self.vocab_size - 1}): the data was made "
+                            f"for another tokenizer")
+        self._vocab_checked.add(path)
 
     def _new_sample_perm(self):
         self.sample_perm = np.arange(self.shard_num_samples, dtype=np.int32)
@@ -252,6 +294,10 @@ class EvalLoader:
         header, size = read_header(self.path, EVAL_MAGIC, (EVAL_VERSION,), what="HellaSwag eval file")
         self.num_examples = int(header[2])
         longest = int(header[3])
+        # every example takes at least 8 bytes: check the count against the file before sizing anything by it
+        if self.num_examples > (size - HEADER_BYTES) // 8:
+            raise LlmcError(f"{self.path}: the header claims {self.num_examples} examples, a {size}-byte file "
+                            f"holds at most {max(size - HEADER_BYTES, 0) // 8}")
         if self.num_examples < self.num_processes:
             raise LlmcError(f"{self.path}: expected at least one example per process ({self.num_processes}), "
                             f"found {self.num_examples} examples")

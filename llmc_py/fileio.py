@@ -3,6 +3,8 @@
 Every llm.c file starts with a 1024-byte header of 256 little-endian 32-bit words. Readers here check
 magic, version and the exact file size before trusting a single payload byte, and writers never leave a
 half-written file behind: they write to a temporary file in the same directory and rename it into place.
+A write that fails (full disk, no permission) removes its temporary file and becomes one LlmcError line; only
+a process killed mid-write leaves one, which remove_stale_temps clears at the next start.
 """
 import contextlib
 import os
@@ -13,6 +15,7 @@ from llmc_py import LlmcError
 
 HEADER_WORDS = 256
 HEADER_BYTES = 4 * HEADER_WORDS
+TEMP_PREFIX = ".tmp_"  # the writers' temporary files: TEMP_PREFIX + final name + "." + process id
 
 
 def make_header(magic, version, dtype=np.int32):
@@ -49,26 +52,65 @@ def check_size(path, size, expected, what):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary file name beside `path` (hidden, this process's own) for a writer that wants a
-    name (a library's save_file); on success that file appears at `path` whole, on failure not at all. The
-    writer creates the file inside the guarded block, so even a Ctrl-C the moment it appears leaves nothing."""
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f".tmp_{name}.{os.getpid()}")
+def _disk_errors(path):
+    """An OSError of the block (ENOSPC, EACCES, EIO, ...) becomes one LlmcError line naming `path`."""
     try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        yield
+    except OSError as e:
+        raise LlmcError(f"{path}: cannot write: {e.strerror or e}") from None
+
+
+class _DiskFile:
+    """What atomic_write yields: unbuffered writes of whole buffers (so nothing is left to flush at close, where
+    a full disk would fail a second time), each failure an LlmcError naming the final path."""
+
+    def __init__(self, fd, path):
+        self.fd, self.path = fd, path
+
+    def write(self, data):
+        view = memoryview(data).cast("B")
+        with _disk_errors(self.path):
+            while view:
+                view = view[os.write(self.fd, view):]
+        return len(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary file name beside `path` (hidden, TEMP_PREFIX) for a writer that wants a name (a
+    library's save_file); on success that file appears at `path` whole, on failure not at all, and an OSError
+    of the writer becomes one LlmcError line. The writer creates the file inside the guarded block, so even a
+    Ctrl-C the moment it appears leaves nothing."""
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{os.getpid()}")
+    try:
+        with _disk_errors(path):
+            yield tmp
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
 @contextlib.contextmanager
 def atomic_write(path):
-    """Yields a binary file object; on success the file appears at `path` whole, on failure not at all."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        yield f
-        f.flush()
-        os.fsync(f.fileno())
+    """Yields a binary file (write only); on success the file appears at `path` whole, on failure not at all."""
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            yield _DiskFile(fd, path)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temps(directory):
+    """Deletes the temporary files that writers killed mid-write (kill -9, power loss) left in `directory`;
+    returns their names. Call it only while no writer of this program runs there."""
+    names = sorted(name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX))
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, name))
+    return names

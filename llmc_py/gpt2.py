@@ -731,5 +731,8 @@ class GPT2:
         self.optimizer_ready = True
         self.rng_state = state.rng_state
         self.rng_state_last_update = state.rng_state_last_update
-        loader.resume(state.shard_idx, state.sample_idx, state.loader)
+        try:
+            loader.resume(state.shard_idx, state.sample_idx, state.loader)
+        except LlmcError as e:
+            raise LlmcError(f"{path}: its loader position does not fit the data: {e}") from None
         return state.step

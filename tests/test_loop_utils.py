@@ -424,8 +424,8 @@ def test_float32_cumsum_is_sequential():
 def test_logger_lines(tmp_path):
     log = tmp_path / "main.log"
     log.write_text("old run\n")
-    logger = Logger(str(tmp_path), 0, False)
-    assert log.read_bytes() == b""  # truncated at start
+    logger = Logger(str(tmp_path), 0)
+    assert log.read_bytes() == b""  # a fresh run starts an empty log
     logger.log_val(0, 4.283527)
     logger.log_eval(0, 0.2955)
     logger.log_train(0, 1.00005, 3e-4, 1.2345)   # 1.00005 in f32 is 1.0000499..., so 1.0000
@@ -434,16 +434,26 @@ def test_logger_lines(tmp_path):
                                 b"s:0 eval:0.2955\n"
                                 b"s:0 trl:1.0000 lr:0.000300 norm:1.23\n"
                                 b"s:1 trl:10.9875 lr:0.000060 norm:12.00\n")
-    Logger(str(tmp_path), 0, True).log_val(20, 3.5)  # resume appends
-    assert log.read_bytes().endswith(b"s:1 trl:10.9875 lr:0.000060 norm:12.00\ns:20 tel:3.5000\n")
+    logger.log_train(2, float("nan"), 6e-05, float("inf"), nonfinite=True)
+    assert log.read_bytes().endswith(b"s:1 trl:10.9875 lr:0.000060 norm:12.00\ns:2 trl:nan lr:0.000060 norm:inf "
+                                     b"skipped:nonfinite\n")
+    with open(log, "ab") as f:
+        f.write(b"s:3 trl:4.2")  # the torn last line of a killed run
+    # resuming from the checkpoint of step 1 keeps the lines of step 0 (not the torn one), then appends
+    Logger(str(tmp_path), 0, start_step=1).log_val(1, 3.5)
+    assert log.read_bytes() == (b"s:0 tel:4.2835\n"
+                                b"s:0 eval:0.2955\n"
+                                b"s:0 trl:1.0000 lr:0.000300 norm:1.23\n"
+                                b"s:1 tel:3.5000\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["main.log"]  # no temporary file left
 
 
 def test_logger_inactive(tmp_path):
-    Logger(str(tmp_path), 1, False).log_val(0, 1.0)  # rank 1 never writes
-    Logger(None, 0, False).log_train(0, 1.0, 1.0, 1.0)
+    Logger(str(tmp_path), 1).log_val(0, 1.0)  # rank 1 never writes
+    Logger(None, 0).log_train(0, 1.0, 1.0, 1.0)
     assert not any(tmp_path.iterdir())
-    with pytest.raises(LlmcError, match=r"main.log: cannot open the log file: No such file or directory$"):
-        Logger(str(tmp_path / "absent"), 0, False)
+    with pytest.raises(LlmcError, match=r"main.log: cannot write: No such file or directory$"):
+        Logger(str(tmp_path / "absent"), 0)
 
 
 # ----------------------------------------------------------------------------

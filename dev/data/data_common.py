@@ -4,9 +4,10 @@ The non-obvious decisions: the writer refuses anything the trainer's reader woul
 tokens that do not fit the token type, 2^31 or more tokens) instead of writing it and failing at train time;
 and a script's output files appear together or not at all (OutputFiles), so a run that fails or is
 interrupted part way leaves nothing behind and a rerun after fixing its input writes what a clean run writes.
-The shard formats and the reader live with the trainer, in llmc_py.dataloader (SHARD_FORMATS, read_shard);
-that reader takes only GPT-2 shards (u16): llm.c's trainer rejects the LLaMA-3 variant (u32), so it is
-written here for interchange only. Scripts put the repo root on sys.path before importing this module.
+The shard formats, the reader and that writer live with the trainer, in llmc_py.dataloader (SHARD_FORMATS,
+read_shard, write_shard); that reader takes only GPT-2 shards (u16): llm.c's trainer rejects the LLaMA-3
+variant (u32), which is written for interchange only. Scripts put the repo root on sys.path before importing
+this module.
 """
 import contextlib
 import json
@@ -16,8 +17,8 @@ import urllib.request
 import numpy as np
 
 from llmc_py import LlmcError, progress_bar
-from llmc_py.dataloader import SHARD_FORMATS
-from llmc_py.fileio import HEADER_BYTES, atomic_write, make_header
+from llmc_py.dataloader import write_shard
+from llmc_py.fileio import atomic_write
 
 
 class OutputFiles:
@@ -66,27 +67,11 @@ class OutputFiles:
 
 
 def write_datafile(filename, toks, model_desc="gpt-2", outputs=None):
-    """Writes tokens as a shard: 256 x i32 header (magic, version, ntok), then the tokens. With `outputs`
-    (an OutputFiles) the shard is staged and appears only when the whole run succeeds."""
-    if model_desc not in SHARD_FORMATS:
-        raise LlmcError(f"{filename}: unknown model_desc: expected one of {', '.join(SHARD_FORMATS)}, "
-                        f"found {model_desc!r}")
-    magic, version, dtype = SHARD_FORMATS[model_desc]
-    toks = np.asarray(toks)
-    ntok = toks.size
-    if not 0 < ntok < 2**31:
-        raise LlmcError(f"{filename}: a shard needs 1..{2**31 - 1} tokens, found {ntok}")
-    if toks.dtype.kind not in "iu":
-        raise LlmcError(f"{filename}: tokens must be integers, found dtype {toks.dtype}")
-    lo, hi = int(toks.min()), int(toks.max())
-    if lo < 0 or hi > np.iinfo(dtype).max:
-        raise LlmcError(f"{filename}: {model_desc} tokens must be 0..{np.iinfo(dtype).max}, found {lo}..{hi}")
-    header = make_header(magic, version)
-    header[2] = ntok
-    print(f"writing {ntok:,} tokens to {filename} ({model_desc}, {HEADER_BYTES + ntok * dtype.itemsize:,} bytes)")
-    with atomic_write(outputs.stage(filename) if outputs is not None else filename) as f:
-        f.write(header.astype("<i4").tobytes())
-        f.write(toks.astype(dtype).tobytes())
+    """Writes tokens as a shard (llmc_py.dataloader.write_shard) and says so. With `outputs` (an OutputFiles)
+    the shard is staged and appears only when the whole run succeeds."""
+    nbytes = write_shard(outputs.stage(filename) if outputs is not None else filename, toks, model_desc,
+                         name=filename)
+    print(f"writing {np.asarray(toks).size:,} tokens to {filename} ({model_desc}, {nbytes:,} bytes)")
 
 
 def download_file(url, fname, chunk_size=1 << 20):
