@@ -262,15 +262,13 @@ def prune_checkpoint(output_dir, step, rank, keep, every, major_every):
                 os.remove(path)
 
 
-def open_data(o, train_pattern, B, T, rank, num_processes, vocab_size):
+def open_data(o, train_pattern, B, T, rank, num_processes):
     """The train, val and HellaSwag loaders (the last with -h 1 when its eval file exists, else None), opened
-    before the first step: each checks its files against B, T, the process count and the model's vocabulary now
-    (every shard holds a batch, every token id indexes the vocabulary, every HellaSwag example fits T), so a run
-    that cannot finish stops at start-up."""
-    train_loader = DataLoader(train_pattern, B, T, rank, num_processes, should_shuffle=not o["overfit_single_batch"],
-                              vocab_size=vocab_size)
-    val_loader = DataLoader(o["val_data_pattern"], B, T, rank, num_processes, should_shuffle=False,
-                            vocab_size=vocab_size)
+    before the model is built: each checks its files against B, T and the process count now (every shard
+    holds a batch, every HellaSwag example fits T), so a run that cannot finish stops at start-up. Their token
+    ids are checked against the model's vocabulary once its file is read (DataLoader.check_vocab)."""
+    train_loader = DataLoader(train_pattern, B, T, rank, num_processes, should_shuffle=not o["overfit_single_batch"])
+    val_loader = DataLoader(o["val_data_pattern"], B, T, rank, num_processes, should_shuffle=False)
     eval_loader = None
     if o["hellaswag_eval"] and os.path.exists(HELLASWAG_PATH):
         eval_loader = EvalLoader(HELLASWAG_PATH, B, T, rank, num_processes)
@@ -413,6 +411,7 @@ def train(o, info, comm, device=None, stop=None):
         stale = remove_stale_temps(output_dir)  # left by a run killed mid-write; no writer runs yet
         if stale:
             print(f"removed {len(stale)} unfinished file(s) of an interrupted write from {output_dir}")
+    train_loader, val_loader, eval_loader = open_data(o, train_pattern, B, T, rank, num_processes)
     model_kwargs = dict(recompute=o["recompute"], gelu_fusion=gelu_fusion,
                         use_master_weights=bool(o["use_master_weights"]),
                         rng_seed=13371337 + rank, comm=comm, device=o["device"], precision=o["precision"],
@@ -432,7 +431,8 @@ def train(o, info, comm, device=None, stop=None):
                  ("padded_vocab_size Vp", c.padded_vocab_size), ("num_layers L", c.num_layers),
                  ("num_heads NH", c.num_heads), ("channels C", c.channels), ("num_parameters", c.num_parameters)])
 
-    train_loader, val_loader, eval_loader = open_data(o, train_pattern, B, T, rank, num_processes, c.vocab_size)
+    for loader in (train_loader, val_loader):
+        loader.check_vocab(c.vocab_size)
     train_num_batches = o["max_steps"] if o["max_steps"] != -1 else train_loader.num_tokens // total_batch_size
     val_num_batches = o["val_max_steps"] if o["val_max_steps"] != -1 else val_loader.num_tokens // tokens_per_fwdbwd
     if train_num_batches <= 0:

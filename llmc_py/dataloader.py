@@ -154,7 +154,14 @@ class DataLoader:
         ntok = self._check_shard(path)
         self._tokens = np.memmap(path, dtype=SHARD_FORMATS["gpt-2"][2], mode="r", offset=HEADER_BYTES, shape=(ntok,))
         self.shard_num_samples = self._samples_in(ntok)
+        self._open_path = path
         self._check_vocab(path)
+
+    def check_vocab(self, vocab_size):
+        """From now on every token id must index a vocabulary of vocab_size: the open shard's now, each other
+        shard's when first opened (for a loader opened before the model's file was read)."""
+        self.vocab_size = vocab_size
+        self._check_vocab(self._open_path)
 
     def _check_vocab(self, path):
         """Every token id of the open shard must index the model's vocabulary (once per file)."""

@@ -8,6 +8,7 @@ a process killed mid-write leaves one, which remove_stale_temps clears at the ne
 """
 import contextlib
 import os
+import tempfile
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from llmc_py import LlmcError
 
 HEADER_WORDS = 256
 HEADER_BYTES = 4 * HEADER_WORDS
-TEMP_PREFIX = ".tmp_"  # the writers' temporary files: TEMP_PREFIX + final name + "." + process id
+TEMP_PREFIX = ".tmp_"  # the writers' temporary files: TEMP_PREFIX + final name + "." + random suffix
 
 
 def make_header(magic, version, dtype=np.int32):
@@ -76,16 +77,19 @@ class _DiskFile:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary file name beside `path` (hidden, TEMP_PREFIX) for a writer that wants a name (a
-    library's save_file); on success that file appears at `path` whole, on failure not at all, and an OSError
-    of the writer becomes one LlmcError line. The writer creates the file inside the guarded block, so even a
-    Ctrl-C the moment it appears leaves nothing."""
-    directory, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}.{os.getpid()}")
+def _replacing(path):
+    """A new temporary file beside `path` (TEMP_PREFIX, a random suffix), as (descriptor, name): when the block
+    ends without an error it is renamed to `path`, on any error (Ctrl-C included) it is deleted. An OSError of
+    making, closing or renaming it becomes one LlmcError line naming `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    with _disk_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + os.path.basename(path) + ".", dir=directory)
     try:
+        try:
+            yield fd, tmp
+        finally:
+            os.close(fd)
         with _disk_errors(path):
-            yield tmp
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
     except BaseException:
@@ -95,15 +99,21 @@ def atomic_path(path):
 
 
 @contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary file name beside `path` for a writer that wants a name (a library's save_file, which
+    replaces the empty file there); on success that file appears at `path` whole, on failure not at all, and an
+    OSError of the writer becomes one LlmcError line."""
+    with _replacing(path) as (_, tmp), _disk_errors(path):
+        yield tmp
+
+
+@contextlib.contextmanager
 def atomic_write(path):
     """Yields a binary file (write only); on success the file appears at `path` whole, on failure not at all."""
-    with atomic_path(path) as tmp:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            yield _DiskFile(fd, path)
+    with _replacing(path) as (fd, _):
+        yield _DiskFile(fd, path)
+        with _disk_errors(path):
             os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def remove_stale_temps(directory):

@@ -164,8 +164,8 @@ def test_kill9_at_random_moments_resumes_exactly(tiny, reference, tmp_path):
     for how in plan:
         resume_from = latest_done(run)
         child = Child(args, tiny)
-        if how == "early":
-            time.sleep(rng.uniform(0.0, 1.5))
+        if how == "early":  # start-up or resume: a random moment, cut short by the first step line
+            child.wait_for_steps(1, timeout=rng.uniform(0.0, 1.5))
         else:
             # two step lines: the checkpoint of the first trained step is whole, so every kill makes progress
             assert child.wait_for_steps(2), f"the run ended before its kill:\n{child.stdout[-2000:]}"
@@ -312,8 +312,8 @@ def test_preemption_two_ranks_agree_on_the_stop_step(tiny, mpirun, tmp_path):
 
 FAULTY_TRAINER = r'''
 """train_gpt2cu.py with faults from the environment.
-LLMC_POISON="2=grad,4=loss,6+=grad": after the backward of those steps (counted from this process's first; "+" means
-from there on) a NaN in one gradient, which makes the norm NaN, or an infinite loss.
+LLMC_POISON="2=grad,4=loss,6+=grad": at the end of the backward of those steps (counted from this process's first;
+"+" means from there on) a NaN in one gradient, which makes the norm NaN, or an infinite loss sum.
 LLMC_DISK_FAULT="enospc:5" or "eacces:5": from the 5th atomic write into the -o folder on, the temporary file's
 descriptor points at /dev/full (every write fails with the kernel's ENOSPC), or creating it fails with EACCES."""
 import errno
@@ -342,20 +342,20 @@ def poison_at(step):
 
 
 steps = itertools.count()
-backward = GPT2.backward
+grad_norm = GPT2.launch_grad_norm
 
 
-def poisoned_backward(self, inputs, targets, grad_accum_steps, micro_step):
-    backward(self, inputs, targets, grad_accum_steps, micro_step)
-    if micro_step == grad_accum_steps - 1:
-        kind = poison_at(next(steps))
-        if kind == "grad":
-            self.grads[self.grads.size // 2] = np.nan
-        elif kind == "loss":
-            self.mean_loss = float("inf")
+def poisoned_grad_norm(self):
+    """The last micro step of each training step computes the norm: the grads and the loss sum are final here."""
+    kind = poison_at(next(steps))
+    if kind == "grad":
+        self.grads[self.grads.size // 2] = np.nan
+    elif kind == "loss":
+        self.scalars[1] = np.inf
+    grad_norm(self)
 
 
-GPT2.backward = poisoned_backward
+GPT2.launch_grad_norm = poisoned_grad_norm
 
 fault = os.environ.get("LLMC_DISK_FAULT")
 if fault:
