@@ -53,23 +53,23 @@ def write_shard(path, toks, model_desc="gpt-2", name=None):
     """Writes tokens as a shard: 256 x i32 header (magic, version, ntok), then the tokens. Refuses anything the
     reader would refuse (an empty shard, tokens that do not fit the token type, 2^31 or more tokens), naming the
     file `name` (default: path; a staged write names its final path). Returns the file's size in bytes."""
-    target, path = path, name or path
+    name = name or path
     if model_desc not in SHARD_FORMATS:
-        raise LlmcError(f"{path}: unknown model_desc: expected one of {', '.join(SHARD_FORMATS)}, "
+        raise LlmcError(f"{name}: unknown model_desc: expected one of {', '.join(SHARD_FORMATS)}, "
                         f"found {model_desc!r}")
     magic, version, dtype = SHARD_FORMATS[model_desc]
     toks = np.asarray(toks)
     ntok = toks.size
     if not 0 < ntok < 2**31:
-        raise LlmcError(f"{path}: a shard needs 1..{2**31 - 1} tokens, found {ntok}")
+        raise LlmcError(f"{name}: a shard needs 1..{2**31 - 1} tokens, found {ntok}")
     if toks.dtype.kind not in "iu":
-        raise LlmcError(f"{path}: tokens must be integers, found dtype {toks.dtype}")
+        raise LlmcError(f"{name}: tokens must be integers, found dtype {toks.dtype}")
     lo, hi = int(toks.min()), int(toks.max())
     if lo < 0 or hi > np.iinfo(dtype).max:
-        raise LlmcError(f"{path}: {model_desc} tokens must be 0..{np.iinfo(dtype).max}, found {lo}..{hi}")
+        raise LlmcError(f"{name}: {model_desc} tokens must be 0..{np.iinfo(dtype).max}, found {lo}..{hi}")
     header = make_header(magic, version)
     header[2] = ntok
-    with atomic_write(target) as f:
+    with atomic_write(path) as f:
         f.write(header.astype("<i4").tobytes())
         f.write(toks.astype(dtype).tobytes())
     return HEADER_BYTES + ntok * dtype.itemsize

@@ -1254,10 +1254,9 @@ class FakeGPU:
             assert gpu.nccl_group_depth > 0, "groupEnd without groupStart"
             gpu.nccl_group_depth -= 1
 
-        for name in ("allReduce", "reduceScatter", "allGather"):
-            setattr(NcclCommunicator, name, gpu.library(f"nccl.{name}", getattr(NcclCommunicator, name)))
-        real_init = NcclCommunicator.__init__
-        NcclCommunicator.__init__ = gpu.library("nccl.NcclCommunicator", real_init)
+        for name in ("__init__", "allReduce", "reduceScatter", "allGather"):  # classified as the real API is named
+            call = "nccl.NcclCommunicator" + ("" if name == "__init__" else f".{name}")
+            setattr(NcclCommunicator, name, gpu.library(call, getattr(NcclCommunicator, name)))
         nccl.NcclCommunicator = NcclCommunicator
         nccl.get_unique_id = gpu.library("nccl.get_unique_id", conforming("nccl.get_unique_id")(lambda: gpu.nccl_uid))
         nccl.get_version = conforming("nccl.get_version")(lambda: 22800)
@@ -1426,7 +1425,8 @@ LIBRARY_CALLS = {
     "cublasLt.matmul_preference_set_attribute": "host", "cublasLt.matmul_algo_get_heuristic": "host",
     "cublasLt.matmul": "work",
     "nccl.NcclCommunicator": "setup", "nccl.get_unique_id": "setup", "nccl.groupStart": "host",
-    "nccl.groupEnd": "host", "nccl.allReduce": "work", "nccl.reduceScatter": "work", "nccl.allGather": "work",
+    "nccl.groupEnd": "host", "nccl.NcclCommunicator.allReduce": "work", "nccl.NcclCommunicator.reduceScatter": "work",
+    "nccl.NcclCommunicator.allGather": "work",
     "cudnn.create_handle": "setup", "cudnn.pygraph": "setup",  # a graph is declared and its plans built at allocate
 }
 
