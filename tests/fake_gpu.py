@@ -1420,7 +1420,8 @@ LIBRARY_CALLS = {
     "cublas.create": "setup", "cublas.destroy": "setup", "cublas.set_stream": "host", "cublas.set_workspace": "host",
     "cublas.set_math_mode": "host", "cublas.sgemm": "work", "cublas.gemm_ex": "work",
     "cublas.gemm_strided_batched_ex": "work",
-    "cublasLt.create": "setup", "cublasLt.get_version": "host", "cublasLt.matmul_desc_create": "host", "cublasLt.matmul_desc_set_attribute": "host",
+    "cublasLt.create": "setup", "cublasLt.get_version": "host", "cublasLt.matmul_desc_create": "host",
+    "cublasLt.matmul_desc_set_attribute": "host",
     "cublasLt.matrix_layout_create": "host", "cublasLt.matmul_preference_create": "host",
     "cublasLt.matmul_preference_set_attribute": "host", "cublasLt.matmul_algo_get_heuristic": "host",
     "cublasLt.matmul": "work",
@@ -1558,8 +1559,8 @@ def _fake_cublaslt(gpu):
               B["type"], B["ld"], 0, _host_f32(beta), d, D["type"], D["ld"], 0, 1,
               epilogue=None if epilogue == "DEFAULT" else apply_epilogue)
 
-    for fn in (create, get_version, matmul_desc_create, matmul_desc_set_attribute, matrix_layout_create, matmul_preference_create,
-               matmul_preference_set_attribute, matmul_algo_get_heuristic, matmul):
+    for fn in (create, get_version, matmul_desc_create, matmul_desc_set_attribute, matrix_layout_create,
+               matmul_preference_create, matmul_preference_set_attribute, matmul_algo_get_heuristic, matmul):
         setattr(mod, fn.__name__, gpu.library(f"cublasLt.{fn.__name__}", conforming(f"cublasLt.{fn.__name__}")(fn)))
     return mod
 
