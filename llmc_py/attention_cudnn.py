@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from llmc_py import LlmcError
-from llmc_py.cuda import per_device, precision_of
+from llmc_py.cuda import dotted_version, error_line, per_device, precision_of
 
 FRONTEND_PACKAGE = "nvidia-cudnn-frontend==1.28.0"  # the version requirements.txt pins
 LIBRARY_PACKAGE = "nvidia-cudnn-cu12 (nvidia-cudnn-cu13 with CUDA 13)"
@@ -33,10 +33,6 @@ KINDS = ("forward", "backward")
 
 # ----------------------------------------------------------------------------
 # loading
-
-
-def _one_line(e):
-    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def _preload_cuda_libraries():
@@ -60,20 +56,19 @@ def load():
     try:
         import cudnn
     except Exception as e:
-        raise LlmcError(f"cuDNN attention needs the cudnn module ({_one_line(e)}): pip install "
+        raise LlmcError(f"cuDNN attention needs the cudnn module ({error_line(e)}): pip install "
                         f"{FRONTEND_PACKAGE}") from None
     try:
         cudnn.backend_version()
     except Exception as e:
-        raise LlmcError(f"cuDNN attention: libcudnn cannot be loaded ({_one_line(e)}): pip install "
+        raise LlmcError(f"cuDNN attention: libcudnn cannot be loaded ({error_line(e)}): pip install "
                         f"{LIBRARY_PACKAGE}") from None
     return cudnn
 
 
 def versions(cudnn):
     """'cuDNN 9.28.0, frontend 1.28.0' (the library's version number is 10000*major + 100*minor + patch)."""
-    v = int(cudnn.backend_version())
-    return f"cuDNN {v // 10000}.{v // 100 % 100}.{v % 100}, frontend {cudnn.__version__}"
+    return f"cuDNN {dotted_version(int(cudnn.backend_version()))}, frontend {cudnn.__version__}"
 
 # ----------------------------------------------------------------------------
 # graphs
@@ -99,7 +94,7 @@ class Cudnn:
         try:
             self.handle = self.cudnn.create_handle()
         except Exception as e:
-            raise LlmcError(f"cuDNN attention: no cuDNN handle ({_one_line(e)})") from None
+            raise LlmcError(f"cuDNN attention: no cuDNN handle ({error_line(e)})") from None
         self.graphs = {}
 
     def graph(self, kind, B, T, NH, HS, precision):
@@ -113,7 +108,7 @@ class Cudnn:
             try:
                 g = self._build(kind, B, T, NH, HS, what)
             except Exception as e:  # the frontend's own: cudnnGraphNotSupportedError, RuntimeError, TypeError
-                raise LlmcError(f"{what}: {_one_line(e)}") from None
+                raise LlmcError(f"{what}: {error_line(e)}") from None
             self.graphs[key] = g
         return g
 
@@ -159,7 +154,7 @@ class Cudnn:
             self.cudnn.set_stream(self.handle, self.cupy.cuda.get_current_stream().ptr)
             g.graph.execute(g.pack, workspace.data.ptr, handle=self.handle)
         except Exception as e:
-            raise LlmcError(f"{g.what}: {_one_line(e)}") from None
+            raise LlmcError(f"{g.what}: {error_line(e)}") from None
 
 
 _contexts = {}

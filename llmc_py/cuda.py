@@ -285,6 +285,11 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
+def error_line(e):
+    """An exception as one line, 'Type: message': for the one-line errors that quote a library's own."""
+    return _one_line(f"{type(e).__name__}: {e}")
+
+
 def require_device(what="--device cuda", hint="; use --device cpu"):
     """Imports CuPy and checks that at least one CUDA device answers and that the CUDA packages suit the driver;
     otherwise raises one LlmcError line (`what`: the flag or program that needs the GPU, `hint`: what to do
@@ -299,8 +304,8 @@ def require_device(what="--device cuda", hint="; use --device cpu"):
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver, or CuPy built for another CUDA
         mismatch = package_mismatch(_driver_major())
-        raise LlmcError(f"{what}: no CUDA device found (cupy {cupy.__version__}: {type(e).__name__}: "
-                        f"{_one_line(e)}){'; ' + mismatch if mismatch else hint}") from None
+        raise LlmcError(f"{what}: no CUDA device found (cupy {cupy.__version__}: {error_line(e)})"
+                        f"{'; ' + mismatch if mismatch else hint}") from None
     if count < 1:
         raise LlmcError(f"{what}: no CUDA device found (cupy {cupy.__version__} sees 0 devices){hint}")
     mismatch = package_mismatch(_driver_major())
@@ -369,7 +374,7 @@ def _cuda_version_text(value):
     return f"{value // 1000}.{value % 1000 // 10}"
 
 
-def _dotted(code):
+def dotted_version(code):
     """cuDNN 9's and NCCL's 10000 * major + 100 * minor + patch as 'major.minor.patch'."""
     return f"{code // 10000}.{code % 10000 // 100}.{code % 100}"
 
@@ -388,12 +393,12 @@ def versions_line():
              f"nvmath {_dist_version('nvmath-python') or 'n/a'}"]
     try:
         import cudnn
-        parts.append(f"cuDNN {_dotted(cudnn.backend_version())} (frontend {cudnn.__version__})")
+        parts.append(f"cuDNN {dotted_version(cudnn.backend_version())} (frontend {cudnn.__version__})")
     except Exception:  # not installed, or libcudnn missing: attention then runs our kernels
         parts.append("cuDNN n/a")
     try:
         from cupy.cuda import nccl
-        parts.append(f"NCCL {_dotted(nccl.get_version())}" if nccl.available else "NCCL n/a")
+        parts.append(f"NCCL {dotted_version(nccl.get_version())}" if nccl.available else "NCCL n/a")
     except Exception:
         parts.append("NCCL n/a")
     return " | ".join(parts)

@@ -21,6 +21,7 @@ import numpy as np
 
 from llmc_py import LlmcError
 from llmc_py.config import LAYERED
+from llmc_py.cuda import error_line
 
 INIT_METHODS = ("mpi", "tcp", "fs")
 NCCL_PORT = 12345                  # -pi tcp: rank 0 serves the unique id here, as llm.c
@@ -421,8 +422,8 @@ def make_communicator(info, device, server_ip="", fs_path=""):
             return NcclCommunicator(info, server_ip, fs_path)
         except Exception as e:  # NcclError from the library, or a CUDA error on its first use
             import sys
-            print(f"NCCL did not start ({type(e).__name__}: {' '.join(str(e).split())}); one process has nothing "
-                  f"to reduce: continuing without it", file=sys.stderr)
+            print(f"NCCL did not start ({error_line(e)}); one process has nothing to reduce: continuing without it",
+                  file=sys.stderr)
             return SingleProcess()
     mpi = MpiCommunicator(info) if info.init_method == "mpi" and info.num_processes > 1 else None
     return NcclCommunicator(info, server_ip, fs_path, mpi)
