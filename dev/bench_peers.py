@@ -6,8 +6,7 @@
 
 Every run is its own process, one at a time, on one bf16 model file and one data shard, at each B of -b and T of
 -t, and every figure is the median of the steps after --warmup (default: steps 10-30, the first 9 warm up):
-- ours: dev/bench.py with cuDNN attention and the CUDA-graph step, and with each of them off (the flags are
-  passed only where dev/bench.py has them; a variant that would repeat another is skipped and says why);
+- ours: dev/bench.py with cuDNN attention and the CUDA-graph step, and with each of them off;
 - pytorch: dev/bench_torch.py, train_gpt2.py's GPT-2 trained as build-nanogpt trains it (torch.compile);
 - llm.c: <DIR>/train_gpt2cu (cuDNN build; dev/gpu/build_llmc.sh builds it there first when it is missing),
   whose printed step times are read back.
@@ -182,33 +181,6 @@ def log_tail(path, lines=6):
 # the peers' command lines and outputs
 
 
-def bench_flags(help_text):
-    """The long options dev/bench.py's --help lists."""
-    return set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", help_text))
-
-
-def ours_variants(help_text, wanted):
-    """[(key, label, effective flags, reason to skip or "")] for the wanted variants of ours: flags dev/bench.py
-    lacks are left out (and said so); a variant whose effective flags repeat an earlier one is skipped."""
-    supported = bench_flags(help_text)
-    out, seen = [], {}
-    for key, label, flags in OURS:
-        if key not in wanted:
-            continue
-        effective = {k: v for k, v in flags.items() if k in supported}
-        missing = [k for k in flags if k not in supported]
-        reason = ""
-        frozen = tuple(sorted(effective.items()))
-        if frozen in seen:
-            reason = f"dev/bench.py has no {', '.join(missing)}: this would repeat '{seen[frozen]}'"
-        else:
-            seen[frozen] = label
-            if missing:
-                label += f" (without {', '.join(missing)})"
-        out.append((key, label, effective, reason))
-    return out
-
-
 def window_args(args):
     return ["--warmup", str(args.warmup), "--steps", str(args.steps)]
 
@@ -324,21 +296,17 @@ def build_llmc(args):
 def benchmark(args, read_memory):
     """Every wanted run, in order B, then peer; returns the list of Run."""
     wanted = set(args.peers)
-    help_text = subprocess.run([sys.executable, BENCH, "--help"], capture_output=True, text=True).stdout
-    variants = ours_variants(help_text, wanted)
     llmc_problem = ""
     if "llmc" in wanted:
         llmc_problem = "no --llmc DIR given" if not args.llmc else build_llmc(args)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for B in args.b:
-            for key, label, flags, reason in variants:
+            for key, label, flags in OURS:
+                if key not in wanted:
+                    continue
                 run = Run(key, label, B)
                 runs.append(run)
-                if reason:
-                    run.status, run.reason = "skipped", reason
-                    print(f"B={B} {label}: skipped: {reason}", flush=True)
-                    continue
                 json_path = os.path.join(scratch, f"{key}_{B}.json")
                 run_peer(run, ours_command(args, B, flags, json_path), args, read_memory, from_json(json_path))
                 run.details["flags"] = flags

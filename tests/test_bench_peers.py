@@ -1,5 +1,5 @@
-"""dev/bench_peers.py and its PyTorch peer, without a GPU: reading each peer's output, the variants of ours that
-dev/bench.py's flags allow, MFU, ratios and the table, and the whole orchestration with stand-in programs
+"""dev/bench_peers.py and its PyTorch peer, without a GPU: reading each peer's output, the flags of ours that
+dev/bench.py must take, MFU, ratios and the table, and the whole orchestration with stand-in programs
 (which also drive the device-memory polling); dev/bench_torch.py on the CPU with a small model, whose weights must
 give the same loss as our NumPy GPT-2. The GPU runs themselves are dev/gpu/steps/60_peers.sh's."""
 import json
@@ -60,24 +60,13 @@ def test_parse_llmc_needs_every_timed_step():
         bench_peers.parse_llmc(text, warmup=2, steps=10)
 
 
-def test_ours_variants_follow_the_flags_bench_has():
-    full = "usage: bench.py [-h] [--attention {auto,cudnn,llmc}] [--cuda-graph {0,1}] [--steps STEPS]"
-    variants = bench_peers.ours_variants(full, set(bench_peers.PEERS))
-    assert [(k, flags, reason) for k, _, flags, reason in variants] == [
-        ("ours", {"--attention": "cudnn", "--cuda-graph": "1"}, ""),
-        ("ours-nograph", {"--attention": "cudnn", "--cuda-graph": "0"}, ""),
-        ("ours-llmcattn", {"--attention": "llmc", "--cuda-graph": "1"}, "")]
-    # only --attention: the no-graph variant repeats ours
-    variants = bench_peers.ours_variants("[--attention {auto,cudnn,llmc}]", {"ours", "ours-nograph", "ours-llmcattn"})
-    assert variants[0][1:] == ("ours (without --cuda-graph)", {"--attention": "cudnn"}, "")
-    assert variants[1][3] == "dev/bench.py has no --cuda-graph: this would repeat 'ours'"
-    assert variants[2][2:] == ({"--attention": "llmc"}, "")
-    # this checkout's own dev/bench.py, whatever it has
-    help_text = subprocess.run([sys.executable, bench_peers.BENCH, "--help"], capture_output=True, text=True).stdout
-    assert {"--warmup", "--steps", "--json"} <= bench_peers.bench_flags(help_text)
-    variants = bench_peers.ours_variants(help_text, {"ours", "ours-nograph"})
-    assert [k for k, _, _, _ in variants] == ["ours", "ours-nograph"]
-    assert all(flag in help_text for flag in variants[0][2])
+def test_bench_takes_the_flags_of_every_variant_of_ours():
+    help_text = subprocess.run([sys.executable, bench_peers.BENCH, "--help"], capture_output=True, text=True,
+                               check=True).stdout
+    assert {"--warmup", "--steps", "--json"} <= set(re.findall(r"--[a-z][\w-]*", help_text))
+    for _, _, flags in bench_peers.OURS:
+        for flag, value in flags.items():
+            assert re.search(rf"{flag} \{{[^}}]*\b{value}\b", help_text), f"dev/bench.py --help lacks {flag} {value}"
 
 
 def test_summary_mfu_ratios_and_table():
@@ -113,9 +102,6 @@ def test_summary_mfu_ratios_and_table():
 STUB_BENCH = '''
 import json, os, sys, time
 argv = sys.argv[1:]
-if argv == ["--help"]:
-    print(HELP)
-    sys.exit(0)
 opt = dict(zip(argv[::2], argv[1::2]))
 B, steps = int(opt["-b"]), int(opt["--steps"])
 with open(os.environ["FAKE_NVML"], "w") as f:
@@ -136,7 +122,6 @@ opt = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 with open(os.path.join(OUTPUTS, f"llmc_{opt['-b']}_{opt['-x']}.txt")) as f:
     print(f.read())
 '''
-FULL_HELP = "usage: bench.py [--attention {auto,cudnn,llmc}] [--cuda-graph {0,1}] [--warmup W] [--steps S] [--json J]"
 
 
 def write_stub(path, body, **constants):
@@ -169,10 +154,9 @@ def stub_peers(tmp_path, monkeypatch):
     nvml = tmp_path / "nvml.txt"
     nvml.write_text("1000")
     monkeypatch.setenv("FAKE_NVML", str(nvml))
-    monkeypatch.setattr(bench_peers, "BENCH", write_stub(tmp_path / "bench.py", STUB_BENCH, MIB=100, BASE_MS=20.0,
-                                                         HELP=FULL_HELP))
+    monkeypatch.setattr(bench_peers, "BENCH", write_stub(tmp_path / "bench.py", STUB_BENCH, MIB=100, BASE_MS=20.0))
     monkeypatch.setattr(bench_peers, "BENCH_TORCH", write_stub(tmp_path / "torch.py", STUB_BENCH, MIB=300,
-                                                               BASE_MS=40.0, HELP=""))
+                                                               BASE_MS=40.0))
     llmc = tmp_path / "llm.c"
     llmc.mkdir()
     (llmc / "train_gpt2.cu").write_text("")
@@ -217,21 +201,16 @@ def test_orchestration_with_stand_ins(stub_peers, capsys):
     assert os.path.isfile(tmp_path / "peers_logs" / "B8_llmc.log")
 
 
-def test_missing_llmc_and_flags_are_reported(stub_peers, monkeypatch, capsys):
+def test_missing_llmc_is_reported(stub_peers, capsys):
     tmp_path, model, shard, llmc = stub_peers
-    monkeypatch.setattr(bench_peers, "BENCH", write_stub(tmp_path / "plain.py", STUB_BENCH, MIB=100, BASE_MS=20.0,
-                                                         HELP="usage: bench.py [--steps S]"))
     status = bench_peers.main(["-e", str(model), "-i", str(shard), "-b", "4", "-t", "32", "--warmup", "1",
-                               "--steps", "2", "--peers", "ours,ours-nograph,llmc", "--json", "x.json"])
+                               "--steps", "2", "--peers", "ours,llmc", "--json", "x.json"])
     out = capsys.readouterr().out
     assert status == 0
     runs = json.loads((tmp_path / "x.json").read_text())["runs"]
-    assert [(r["label"], r["status"]) for r in runs] == [
-        ("ours (without --attention, --cuda-graph)", "ok"), ("ours, no CUDA graph", "skipped"),
-        ("llm.c (cuDNN)", "skipped")]
-    assert runs[1]["reason"] == "dev/bench.py has no --attention, --cuda-graph: this would repeat 'ours'"
-    assert runs[2]["reason"] == "no --llmc DIR given"
-    assert "--attention" not in runs[0]["command"] and "skipped: no --llmc DIR given" in out
+    assert [(r["label"], r["status"]) for r in runs] == [("ours", "ok"), ("llm.c (cuDNN)", "skipped")]
+    assert runs[1]["reason"] == "no --llmc DIR given"
+    assert "--attention cudnn --cuda-graph 1" in " ".join(runs[0]["command"]) and "skipped: no --llmc DIR given" in out
 
 
 @pytest.mark.parametrize("args, message", [
