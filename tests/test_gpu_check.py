@@ -121,3 +121,38 @@ def test_check_subsets_reruns_and_budget(scratch_repo):
     assert status == 2 and "no step of dev/gpu/steps/ matches: kernals" in err
     status, out, _ = check(scratch_repo, "pass", budget=30)  # too little left to start a step: not a pass
     assert status == 1 and table(out)["pass"][:2] == ("SKIP", 0)
+
+
+STAND_IN_BENCH = """import sys
+opt = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+B = int(opt["-b"])
+print("model m.bin: argv", " ".join(sys.argv[1:]))
+if B > 64:
+    print("cupy.cuda.memory.OutOfMemoryError: Out of memory allocating 1,234,567,890 bytes"); sys.exit(1)
+if B == 8:
+    sys.exit(0)
+print(f"median of {opt['--steps']} steps: {B / 4:.1f} ms/step | 409600 tok/s | 40.1% bf16 MFU | {1000 * B} MiB "
+      f"device memory used")
+"""
+
+
+def test_bench_fit_takes_the_largest_batch_that_runs(scratch_repo):
+    (scratch_repo / "dev" / "bench.py").write_text(STAND_IN_BENCH)
+    work = scratch_repo.parent / "work"
+    work.mkdir()
+
+    def bench_fit(*args):
+        proc = subprocess.run(["bash", "-c", 'source dev/gpu/lib.sh && bench_fit "$@"', "bench_fit", *args],
+                              cwd=scratch_repo, capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "PY": sys.executable, "WORK": str(work)})
+        return proc.returncode, proc.stdout, proc.stderr
+
+    status, out, log = bench_fit("m.bin", "2", "--attention cudnn", "256", "128", "64", "32")
+    assert (status, out) == (0, "B=64: 16.0 ms/step, 409600 tok/s, 40.1% bf16 MFU, 64000 MiB\n")
+    # every try is in the log, with its flags; the smaller B is never run
+    assert log.count("OutOfMemoryError") == 2 and "-b 32" not in log
+    assert "-b 64 -t 1024 --steps 2 --attention cudnn" in log
+    status, out, log = bench_fit("m.bin", "2", "", "512", "128")  # none fits: nothing to report, both tries logged
+    assert (status, out) == (1, "") and log.count("OutOfMemoryError") == 2
+    status, out, _ = bench_fit("m.bin", "10", "", "8", "4")
+    assert (status, out) == (1, "B=8: dev/bench.py printed no median line\n")

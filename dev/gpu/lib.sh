@@ -29,3 +29,25 @@ need_d12() {
   } 9> "$WORK/d12.lock"
   echo "$dir"
 }
+
+# bench_fit MODEL STEPS FLAGS B...: dev/bench.py on the GPU at T=1024 with MODEL, STEPS timed steps and FLAGS (words)
+# for each B in turn, largest first, until one runs (out of memory ends the larger ones). Echoes that run's figures
+# in one short line, "B=64: 21.0 ms/step, 195048 tok/s, 40.1% bf16 MFU, 3000 MiB"; returns 1 when no B ran. Every
+# run's output goes to the step's log.
+bench_fit() {
+  local model=$1 steps=$2 flags=$3 B rc line
+  shift 3
+  for B in "$@"; do
+    echo "=== python dev/bench.py -b $B -t 1024 --steps $steps $flags" >&2
+    # shellcheck disable=SC2086
+    "$PY" dev/bench.py --device cuda -e "$model" -b "$B" -t 1024 --steps "$steps" $flags > "$WORK/bench.log" 2>&1
+    rc=$?
+    cat "$WORK/bench.log" >&2
+    [ $rc -eq 0 ] || continue
+    line=$(sed -nE "s/^median of [0-9]+ steps: (.*) ms\/step \| (.*) tok\/s \| (.*) \| ([0-9]+) MiB device memory used$/B=$B: \1 ms\/step, \2 tok\/s, \3, \4 MiB/p" "$WORK/bench.log")
+    if [ -n "$line" ]; then echo "$line"; return 0; fi
+    echo "B=$B: dev/bench.py printed no median line"
+    return 1
+  done
+  return 1
+}

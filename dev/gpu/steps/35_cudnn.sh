@@ -35,23 +35,7 @@ else
 fi
 cd "$ROOT"
 
-# bench ATTENTION B...: the figures of the first B (largest first) that runs; out of memory ends the larger ones
-bench() {
-  local attention=$1; shift
-  for B in "$@"; do
-    echo "=== python dev/bench.py -b $B -t 1024 --attention $attention" >&2
-    if "$PY" dev/bench.py --device cuda -e "$d12/gpt2_d12_bf16.bin" -b "$B" -t 1024 --steps 2 \
-        --attention "$attention" > "$WORK/bench.log" 2>&1; then
-      cat "$WORK/bench.log" >&2
-      sed -nE "s/^median of [0-9]+ steps: ([0-9.]+ ms\/step) \| ([0-9]+ tok\/s) \| .* \| ([0-9]+) MiB device memory used$/$attention B=$B: \1, \2, \3 MiB/p" "$WORK/bench.log"
-      return 0
-    fi
-    cat "$WORK/bench.log" >&2
-  done
-  echo "$attention: no B of $* ran"
-  return 1
-}
-cudnn=$(bench cudnn 384 256 128 64) || status=1
-llmc=$(bench llmc 192 128 64) || status=1
-figure "$(IFS=';'; echo "bench T=1024 $cudnn | $llmc;${results[*]}")"
+cudnn=$(bench_fit "$d12/gpt2_d12_bf16.bin" 2 "--attention cudnn" 384 256 128 64) || { cudnn=${cudnn:-no B ran}; status=1; }
+llmc=$(bench_fit "$d12/gpt2_d12_bf16.bin" 2 "--attention llmc" 192 128 64) || { llmc=${llmc:-no B ran}; status=1; }
+figure "$(IFS=';'; echo "bench T=1024 cudnn $cudnn | llmc $llmc;${results[*]}")"
 exit $status
