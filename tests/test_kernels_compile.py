@@ -2,7 +2,7 @@
 
 The same options as cupy.RawModule uses on a GPU (llmc_py.cuda.nvrtc_options plus CuPy's own additions), so a
 kernel that fails here would fail at load time on the GPU. Without NVRTC installed the tests skip, except on CI
-(CI=true), where that is a failure: requirements-dev.txt installs it.
+(CI=true), where that is a failure: requirements-cpu.txt installs it.
 """
 import os
 import sys
@@ -19,7 +19,7 @@ def _nvrtc_missing():
         from cupy.cuda import nvrtc
         nvrtc.getVersion()
     except Exception as e:  # ImportError, or libnvrtc not found by CuPy
-        return f"NVRTC unavailable ({type(e).__name__}: {e}); pip install -r requirements-dev.txt"
+        return f"NVRTC unavailable ({type(e).__name__}: {e}); pip install -r requirements-cpu.txt"
     return None
 
 
