@@ -22,8 +22,9 @@ import math
 import sys
 import types
 
-import ml_dtypes
 import numpy as np
+
+from fake_gpu import store, to_f32
 
 try:
     import cudnn as REAL
@@ -31,7 +32,6 @@ try:
 except Exception:  # no frontend or no libcudnn here: llmc_py finds no cuDNN, as on such a machine
     REAL = None
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 STAGES = ("declared", "validated", "operation graph", "plans", "supported", "built")
 
 
@@ -59,15 +59,6 @@ def device_view(registry, address, tensor):
     extent = (sum((d - 1) * s for d, s in zip(dims, strides)) + 1) * dtype.itemsize
     buf, offset = registry.find(address, extent)
     return np.ndarray(dims, dtype=dtype, buffer=buf, offset=offset, strides=[s * dtype.itemsize for s in strides])
-
-
-def _values(view):
-    return view.view(BF16).astype(np.float32) if view.dtype == np.uint16 else view.astype(np.float32)
-
-
-def _store(view, values):
-    values = np.asarray(values, dtype=np.float32)
-    view[...] = values.astype(BF16).view(np.uint16) if view.dtype == np.uint16 else values
 
 
 class Graph:
@@ -167,10 +158,12 @@ class Graph:
             for uid, other in others:
                 assert uid == out.uid or not np.shares_memory(views[out.uid], other), \
                     f"execute: {out.name} overlaps {operands[uid].name if uid in operands else uid}"
-        self.gpu.cudnn_executes.append((op, tuple(kwargs["q"].dim)))
-        if self.gpu.emulate:  # device work: recorded, not run, inside a CUDA graph capture
-            emulate = _emulate_forward if op == "sdpa" else _emulate_backward
-            self.gpu.enqueue(f"cudnn {op}", lambda: emulate(kwargs, outputs, views))
+
+        def run():  # device work: recorded, not run, inside a CUDA graph capture
+            self.gpu.cudnn_executes.append((op, tuple(kwargs["q"].dim)))
+            if self.gpu.emulate:
+                (_emulate_forward if op == "sdpa" else _emulate_backward)(kwargs, outputs, views)
+        self.gpu.enqueue(f"cudnn {op}", run)
 
     def __getattr__(self, name):
         raise AttributeError(f"the fake cuDNN graph has no {name}: llmc_py calls something new, add it here")
@@ -199,24 +192,24 @@ def _scores(q, k, scale):
 def _emulate_forward(kwargs, outputs, views):
     from llmc_py.attention import attention_forward
     assert kwargs.get("generate_stats") is True, "the training forward must generate the statistics"
-    q, k, v = (_values(views[kwargs[n].uid]) for n in "qkv")
+    q, k, v = (to_f32(views[kwargs[n].uid]) for n in "qkv")
     B, NH, T, HS = q.shape
     scale = _causal_scale(kwargs, HS)
     inp = np.concatenate([x.transpose(0, 2, 1, 3).reshape(B, T, NH * HS) for x in (q, k, v)], axis=-1)
     out = np.empty((B, T, NH * HS), np.float32)
     attention_forward(out, np.empty((3, B, NH, T, HS), np.float32), np.empty((B, NH, T, T), np.float32), inp, NH)
     o, stats = outputs
-    _store(views[o.uid], out.reshape(B, T, NH, HS).transpose(0, 2, 1, 3))
+    store(views[o.uid], out.reshape(B, T, NH, HS).transpose(0, 2, 1, 3))
     s = _scores(q, k, scale)
     m = s.max(axis=-1, keepdims=True)
-    _store(views[stats.uid], m + np.log(np.exp(s - m).sum(axis=-1, keepdims=True)))
+    store(views[stats.uid], m + np.log(np.exp(s - m).sum(axis=-1, keepdims=True)))
 
 
 def _emulate_backward(kwargs, outputs, views):
     from llmc_py.attention import attention_backward
     assert kwargs.get("use_deterministic_algorithm") is True, "the backward must use the deterministic algorithm"
-    q, k, v, d_o = (_values(views[kwargs[n].uid]) for n in ("q", "k", "v", "dO"))
-    stats = _values(views[kwargs["stats"].uid])
+    q, k, v, d_o = (to_f32(views[kwargs[n].uid]) for n in ("q", "k", "v", "dO"))
+    stats = to_f32(views[kwargs["stats"].uid])
     B, NH, T, HS = q.shape
     att = np.exp(_scores(q, k, _causal_scale(kwargs, HS)) - stats).astype(np.float32)
     dinp = np.empty((B, T, 3 * NH * HS), np.float32)
@@ -224,7 +217,7 @@ def _emulate_backward(kwargs, outputs, views):
     attention_backward(dinp, dqkvr, np.empty((B, NH, T, T), np.float32), np.empty(B * T * NH * HS, np.float32),
                        d_o.transpose(0, 2, 1, 3).reshape(B, T, NH * HS), np.stack([q, k, v]), att, NH)
     for t, d in zip(outputs, dqkvr):
-        _store(views[t.uid], d)
+        store(views[t.uid], d)
 
 # ----------------------------------------------------------------------------
 # the module

@@ -58,8 +58,6 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
-import fake_cudnn
-
 KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels_cu"
 BF16 = np.dtype(ml_dtypes.bfloat16)
 SMEM_LIMIT = 48 << 10
@@ -1571,6 +1569,7 @@ def _fake_cublaslt(gpu):
 def install(monkeypatch, emulate=False, **kwargs):
     """Puts the fake cupy, nvmath and cudnn modules into sys.modules (undone after the test) and clears llmc_py's
     caches of modules, devices, BLAS and cuDNN contexts; returns the FakeGPU."""
+    import fake_cudnn  # here, not at the top: fake_cudnn imports this module's to_f32 and store
     import llmc_py.attention_cudnn
     import llmc_py.blas
     import llmc_py.cuda

@@ -7,66 +7,30 @@ wrong offset or stride, or an output written to the wrong place, fails that. Wha
 cuDNN computes on a GPU and how much workspace it asks for: tests/test_attention_cudnn_gpu.py does that.
 """
 import dataclasses
-import importlib.util
 import re
 import sys
 import types
 
-import ml_dtypes
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fake_cudnn
-import fake_gpu
 from llmc_py import LlmcError
 from llmc_py.config import GPT2Config
 from llmc_py.rand import gpt2_random_init
 
-from test_cuda_backend_cpu import TINY, batches, gpt2, train
+import test_cuda_backend_cpu as backend
+from test_cuda_backend_cpu import TINY, _dev, _host, _q, batches, gpt2, load_program, train
 
+pytestmark = pytest.mark.skipif(fake_cudnn.REAL is None,
+                                reason="nvidia-cudnn-frontend with libcudnn is not installed (requirements-cpu.txt)")
+# test_cuda_backend_cpu's fixtures: pytest finds them here by these names
+fake, emulated, tiny_params, wide_model = backend.fake, backend.emulated, backend.tiny_params, backend.wide_model
 # odd shapes: T not a multiple of 64, B*NH odd
 SHAPES = [(3, 37, 3, 64), (1, 20, 5, 32)]
 TOL = 2e-2  # bf16 outputs: 2^-9 relative rounding, plus flash attention's f32 sums in another order
-REPO_ROOT = fake_gpu.KERNELS_DIR.parent
-
-
-def _install(monkeypatch, emulate):
-    if fake_cudnn.REAL is None:
-        pytest.skip("nvidia-cudnn-frontend with libcudnn is not installed (requirements-dev.txt)")
-    gpu = fake_gpu.install(monkeypatch, emulate=emulate)
-    from llmc_py import cuda
-    cuda.init_device(0)
-    return gpu
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    return _install(monkeypatch, emulate=False)
-
-
-@pytest.fixture
-def emulated(monkeypatch):
-    return _install(monkeypatch, emulate=True)
-
-
-def bf16(a):
-    return np.asarray(a, np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
-
-
-def device(values, dtype=np.uint16):
-    """A fake device array holding `values` (bf16 bits for uint16)."""
-    import cupy
-    values = np.asarray(values, np.float32)
-    out = cupy.empty(values.shape, dtype=dtype)
-    out.set(values.astype(ml_dtypes.bfloat16).view(np.uint16) if dtype == np.uint16 else values.astype(dtype))
-    return out
-
-
-def host(a):
-    from llmc_py.cuda import to_host
-    return to_host(a)
 
 
 def close(actual, expected, tol=TOL):
@@ -95,24 +59,26 @@ def torch_attention(inp, dout, NH):
 @pytest.mark.parametrize("B,T,NH,HS", SHAPES)
 def test_forward_backward_match_torch(emulated, B, T, NH, HS):
     """Through llmc_py.attention's two calls (the saved statistics select cuDNN), on odd shapes."""
+    import cupy
     from llmc_py import attention_cudnn
     from llmc_py.attention import attention_backward, attention_forward
     rng = np.random.default_rng(7)
     C = NH * HS
-    inp, dout = bf16(rng.standard_normal((B, T, 3 * C))), bf16(rng.standard_normal((B, T, C)))
-    workspace = device(np.zeros(attention_cudnn.workspace_bytes(B, T, NH, HS, "bf16")), np.uint8)
+    inp, dout = _q(rng.standard_normal((B, T, 3 * C)), np.uint16), _q(rng.standard_normal((B, T, C)), np.uint16)
+    workspace = cupy.zeros(attention_cudnn.workspace_bytes(B, T, NH, HS, "bf16"), cupy.uint8)
     assert len(emulated.cudnn_graphs) == 2  # the forward and the backward, built once
-    qkv, out, stats = device(inp), device(np.zeros((B, T, C))), device(np.zeros((B, NH, T)), np.float32)
+    qkv, out = _dev(inp, np.uint16), _dev(np.zeros((B, T, C)), np.uint16)
+    stats = _dev(np.zeros((B, NH, T)), np.float32)
     attention_forward(out, qkv, stats, qkv, NH, workspace=workspace)
     ref_out, ref_lse, ref_dinp = torch_attention(inp, dout, NH)
-    close(host(out), ref_out)
-    np.testing.assert_allclose(host(stats), ref_lse, rtol=1e-5, atol=1e-5)
-    dqkv = device(np.zeros((B, T, 3 * C)))
-    attention_backward(dqkv, None, None, out, device(dout), qkv, stats, NH, workspace=workspace)
+    close(_host(out), ref_out)
+    np.testing.assert_allclose(_host(stats), ref_lse, rtol=1e-5, atol=1e-5)
+    dqkv = _dev(np.zeros((B, T, 3 * C)), np.uint16)
+    attention_backward(dqkv, None, None, out, _dev(dout, np.uint16), qkv, stats, NH, workspace=workspace)
     for i in range(3):  # dq, dk, dv: each on its own scale
         part = np.s_[..., i * C:(i + 1) * C]
-        close(host(dqkv)[part], ref_dinp[part])
-    assert np.array_equal(host(qkv), inp)  # q, k, v are only read
+        close(_host(dqkv)[part], ref_dinp[part])
+    assert np.array_equal(_host(qkv), inp)  # q, k, v are only read
     assert len(emulated.cudnn_graphs) == 2 and [op for op, _ in emulated.cudnn_executes] == ["sdpa", "sdpa_backward"]
 
 
@@ -226,11 +192,6 @@ def test_buffers_and_memory_lines(fake, tiny_params):
     assert llmc_model.attention_line() == "attention: llm.c's kernels (att matrix) (--attention llmc)"
 
 
-@pytest.fixture(scope="module")
-def tiny_params():
-    return gpt2_random_init(TINY)
-
-
 def test_graphs_built_at_allocate_nothing_inside_steps(fake, tiny_params):
     """Both graphs are built by allocate(); training steps, the grad norm and validation build none and allocate
     nothing; every layer runs one forward and one backward per micro step; a smaller forward (sampling) builds its
@@ -273,24 +234,12 @@ def test_falls_back_when_cudnn_cannot_run_the_model(fake):
 # the programs
 
 
-def load_program(name, path):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_programs_take_attention_flag(fake, d12_dir, monkeypatch, capsys, tmp_path):
+def test_programs_take_attention_flag(fake, d12_dir, wide_model, monkeypatch, capsys):
     """train_gpt2cu.py and dev/bench.py: --attention picks the implementation and the start-up line says which and
     why; --attention cudnn where it cannot run is one error naming what to do."""
-    from llmc_py.checkpoint import write_model
-    config = GPT2Config(max_seq_len=64, vocab_size=50257, padded_vocab_size=50304, num_layers=1, num_heads=2,
-                        channels=64)
-    model_path = tmp_path / "one_layer.bin"
-    write_model(str(model_path), config, gpt2_random_init(config), 3)
     monkeypatch.chdir(d12_dir)
     train_program = load_program("train_gpt2cu_attention", "train_gpt2cu.py")
-    args = ["-e", str(model_path), "-b", "2", "-t", "16", "-v", "10", "-m", "1", "-s", "0", "-x", "1"]
+    args = ["-e", str(wide_model), "-b", "2", "-t", "16", "-v", "10", "-m", "1", "-s", "0", "-x", "1"]
     assert train_program.main(args + ["--attention", "cudnn"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^attention: cuDNN flash attention \(--attention cudnn on sm_90, cuDNN 9\.", out, re.M)
@@ -310,7 +259,7 @@ def test_programs_take_attention_flag(fake, d12_dir, monkeypatch, capsys, tmp_pa
     bench = load_program("bench_attention", "dev/bench.py")
     for attention, line in (("cudnn", "attention: cuDNN flash attention (--attention cudnn"),
                             ("llmc", "attention: llm.c's kernels (att matrix) (--attention llmc)")):
-        monkeypatch.setattr(sys, "argv", ["bench.py", "--device", "cuda", "-e", str(model_path), "-b", "2", "-t", "16",
+        monkeypatch.setattr(sys, "argv", ["bench.py", "--device", "cuda", "-e", str(wide_model), "-b", "2", "-t", "16",
                                           "--steps", "1", "--attention", attention])
         bench.main()
         assert line in capsys.readouterr().out

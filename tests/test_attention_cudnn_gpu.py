@@ -11,8 +11,8 @@ import pytest
 
 from gpu_gate import cp  # noqa: E402  (skips this module without a GPU)
 
-from test_attention_cudnn_cpu import SHAPES, bf16, close, torch_attention  # noqa: E402
-from test_cuda_backend_cpu import batches, train  # noqa: E402
+from test_attention_cudnn_cpu import SHAPES, close, torch_attention  # noqa: E402
+from test_cuda_backend_cpu import _q, batches, train  # noqa: E402
 
 from llmc_py import attention_cudnn, cuda  # noqa: E402
 from llmc_py.attention import attention_backward, attention_forward, choose_attention  # noqa: E402
@@ -42,7 +42,7 @@ def _dev(values, dtype=np.uint16):
 def test_forward_backward_match_torch(B, T, NH, HS):
     rng = np.random.default_rng(11)
     C = NH * HS
-    inp, dout = bf16(rng.standard_normal((B, T, 3 * C))), bf16(rng.standard_normal((B, T, C)))
+    inp, dout = _q(rng.standard_normal((B, T, 3 * C)), np.uint16), _q(rng.standard_normal((B, T, C)), np.uint16)
     workspace = cp.zeros(attention_cudnn.workspace_bytes(B, T, NH, HS, "bf16"), cp.uint8)
     qkv, out = _dev(inp), _dev(np.zeros((B, T, C)))
     stats = cp.zeros((B, NH, T), cp.float32)

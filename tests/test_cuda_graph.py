@@ -15,23 +15,13 @@ import numpy as np
 import pytest
 
 import fake_gpu
-from test_cuda_backend_cpu import TINY, batches, gpt2, load_program, wide_model  # noqa: F401 (wide_model: a fixture)
+import test_cuda_backend_cpu as backend
+from test_cuda_backend_cpu import batches, gpt2, load_program
 from llmc_py import LlmcError
 from llmc_py.checkpoint import read_model
-from llmc_py.rand import gpt2_random_init
 
-
-@pytest.fixture(scope="module")
-def tiny_params():
-    return gpt2_random_init(TINY)
-
-
-@pytest.fixture
-def emulated(monkeypatch):
-    gpu = fake_gpu.install(monkeypatch, emulate=True)
-    from llmc_py import cuda
-    cuda.init_device(0)
-    return gpu
+# test_cuda_backend_cpu's fixtures: pytest finds them here by these names
+emulated, tiny_params, wide_model = backend.emulated, backend.tiny_params, backend.wide_model
 
 
 def lr_at(step):
@@ -243,7 +233,7 @@ def test_staging_sends_adjacent_entries_only(emulated):
         staging.send(["a", "c"])
 
 
-def test_train_program_graphs_match_eager(emulated, d12_dir, wide_model, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_train_program_graphs_match_eager(emulated, d12_dir, wide_model, tmp_path, monkeypatch, capsys):
     """train_gpt2cu.py with --cuda-graph 0 and 1, with gradient accumulation (-d: first, middle and last micro
     steps): the same step lines (loss, norm) and a byte-identical model file at the end."""
     monkeypatch.chdir(d12_dir)

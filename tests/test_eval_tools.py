@@ -48,9 +48,9 @@ def run_script(path, *args, env_tiktoken=None, timeout=120):
     return proc
 
 
-def last_bar(stderr):
-    """The last state a progress bar drew on stderr."""
-    return [part for part in re.split(r"[\r\n]", stderr) if part.strip()][-1]
+def bar_states(stderr, prefix=""):
+    """The states progress bars drew on stderr, in order (a \\r or \\n ends each), those starting with prefix."""
+    return [part for part in re.split(r"[\r\n]", stderr) if part.strip() and part.startswith(prefix)]
 
 
 def error_line(stderr):
@@ -157,7 +157,8 @@ def test_hellaswag_file_byte_for_byte(hellaswag_bin):
     assert path.read_bytes() == expected
     longest = struct.unpack_from("<i", expected, 12)[0]
     assert proc.stdout == f"writing 5 examples to {path} ({len(expected):,} bytes, longest example {longest} bytes)\n"
-    assert last_bar(proc.stderr).startswith("tokenizing: 100%|") and "5/5" in last_bar(proc.stderr)
+    last_bar = bar_states(proc.stderr)[-1]
+    assert last_bar.startswith("tokenizing: 100%|") and "5/5" in last_bar
     # the context is encoded alone (no EOT), each ending with its leading space
     assert enc.decode(rendered(enc)[0][1]) == "A man is sitting on a roof. he"
     assert enc.decode(rendered(enc)[0][2][3]) == " starts pulling up roofing on a roof."
@@ -445,7 +446,7 @@ def test_tinystories_local_shards(gpt2_tiktoken, tmp_path):
     assert (tmp_path / "TinyStories_all_data" / "data01.json").is_file()
     assert not (tmp_path / "TinyStories_all_data.partial").exists()
     # unpacking shows a bar over the archive's bytes, which ends full
-    unpacked = [part for part in re.split(r"[\r\n]", proc.stderr) if part.startswith("unpacking ")]
+    unpacked = bar_states(proc.stderr, "unpacking ")
     assert unpacked[-1].startswith("unpacking TinyStories_all_data.tar.gz: 100%|")
     for name in ("TinyStories_val.bin", "TinyStories_train.bin"):
         assert (out2 / name).read_bytes() == (out / name).read_bytes()
@@ -564,7 +565,7 @@ def test_fineweb_local_jsonl(gpt2_tiktoken, tmp_path):
     assert any(s[0] != EOT for s in got[1:]), "expected a document split across a shard boundary"
     assert f"wrote {len(expected)} shards to {out}" in proc.stdout
     # a bar per shard, in tokens, each full when its shard is written
-    bars = [part for part in re.split(r"[\r\n]", proc.stderr) if part.startswith("shard ")]
+    bars = bar_states(proc.stderr, "shard ")
     assert any(re.match(rf"shard 0: 100%\|.*\| {shard_size}\.0/{shard_size}\.0 \[", b) for b in bars)
 
 

@@ -11,8 +11,6 @@ files: one `error:` line.
 """
 import os
 import struct
-import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
@@ -28,6 +26,8 @@ from llmc_py.dataloader import DataLoader, EvalLoader, write_shard
 from llmc_py.gpt2 import GPT2
 from llmc_py.rand import gpt2_random_init
 from llmc_py.tokenizer import Tokenizer, write_tokenizer
+
+from test_multiprocess import launch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG = GPT2Config(max_seq_len=8, vocab_size=16, padded_vocab_size=16, num_layers=1, num_heads=2, channels=8)
@@ -271,17 +271,13 @@ def test_programs_on_damaged_files(run_folder, tmp_path, damaged, args):
     import shutil
     folder = tmp_path / "run"
     shutil.copytree(run_folder, folder)
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     if args is None:
         cmd = [REPO_ROOT / "test_gpt2cu.py", "--device", "cpu", "-e", "tiny.bin", "--debug-state", "debug.bin"]
     else:
         cmd = [REPO_ROOT / "train_gpt2cu.py", *TRAIN_ARGS, "-o", "out", "-n", 1, *args]
         if "-y" in args:  # a checkpoint to resume from first
-            subprocess.run([sys.executable, *map(str, cmd[:-2]), "-x", "1"], cwd=folder, env=env, check=True,
-                           capture_output=True, timeout=300)
+            launch(folder, [*cmd[:-2], "-x", 1], timeout=300)
     truncate(folder / damaged)
-    proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=folder, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = launch(folder, cmd, expect=1, timeout=300)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and damaged in lines[0], proc.stderr[-2000:]

@@ -6,7 +6,6 @@ as a trained model's do (a fresh init's are nearly uniform, and its tied embeddi
 and greedy argmax decoding are what our probabilities, draws and top-k=1 runs must equal. llm.c's own
 sampling loop is rewritten here from spec 12 to show the training loop's default samples did not change.
 """
-import importlib.util
 import math
 import re
 import subprocess
@@ -24,6 +23,8 @@ from llmc_py.gpt2 import GPT2
 from llmc_py.rand import random_f32
 from llmc_py.sampler import SAMPLE_RNG_SEED, Sampler, check_fits, generate, prompt_tokens, sample_softmax
 from llmc_py.tokenizer import Tokenizer
+
+from test_cuda_backend_cpu import load_program
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 V, EOT = 50257, 50256
@@ -339,9 +340,7 @@ def test_sample_program_on_fake_gpu(monkeypatch, capsys, small_model_file, d12_d
     """--device cuda --precision fp32 on the emulated GPU (forwards of 64 positions, logits copied to the
     host) gives the CPU's greedy tokens."""
     import fake_gpu
-    spec = importlib.util.spec_from_file_location("sample_gpt2_under_test", REPO_ROOT / "sample_gpt2.py")
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = load_program("sample_gpt2_under_test", "sample_gpt2.py")
     args = ["-e", str(small_model_file), "--tokenizer", str(d12_dir / "gpt2_tokenizer.bin"), "--prompt", PROMPT,
             "-g", 6, "--top-k", 1]
     monkeypatch.setattr(sys, "argv", ["sample_gpt2.py", *map(str, args), "--device", "cpu"])
