@@ -1,4 +1,5 @@
 """Shared test setup. Each section belongs to one area; add new fixtures in their own section."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +18,17 @@ for _p in (REPO_ROOT, REPO_ROOT / "dev" / "data"):
 
 # the fake GPU's checks are plain asserts in a helper module: let pytest explain them like a test's own
 pytest.register_assert_rewrite("fake_gpu", "fake_cudnn")
+
+# ----------------------------------------------------------------------------
+# the programs, loaded as modules so that a test calls their main() in its own process
+
+
+def load_program(name, path):
+    """The program at `path` (relative to the repo root) imported as a new module called `name`."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 # ----------------------------------------------------------------------------
 # shared test data: LLMC_TEST_DATA, default ../shared/data from the repo root

@@ -22,7 +22,8 @@ from llmc_py.config import GPT2Config
 from llmc_py.rand import gpt2_random_init
 
 import test_cuda_backend_cpu as backend
-from test_cuda_backend_cpu import TINY, _dev, _host, _q, batches, gpt2, load_program, train
+from conftest import load_program
+from test_cuda_backend_cpu import TINY, _dev, _host, _q, batches, gpt2, train
 
 pytestmark = pytest.mark.skipif(fake_cudnn.REAL is None,
                                 reason="nvidia-cudnn-frontend with libcudnn is not installed (requirements-cpu.txt)")

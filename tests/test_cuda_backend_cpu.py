@@ -9,7 +9,6 @@ column-major), the GPU orchestration must reproduce the CPU path: fp32 to float3
 What none of this can show is whether the CUDA kernels and the real libraries compute what the emulation
 assumes: tests/test_kernels_gpu.py and test_gpt2cu.py on a GPU do that.
 """
-import importlib.util
 import json
 import re
 import subprocess
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 import fake_gpu
+from conftest import load_program
 from llmc_py import LlmcError
 from llmc_py.checkpoint import read_model, read_model_header, write_debug_state, write_model
 from llmc_py.config import GPT2Config
@@ -629,13 +629,6 @@ def test_tf32_math_mode(fake, tiny_params):
 
 
 WIDE = GPT2Config(max_seq_len=64, vocab_size=50257, padded_vocab_size=50304, num_layers=2, num_heads=4, channels=64)
-
-
-def load_program(name, path):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

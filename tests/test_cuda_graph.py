@@ -16,7 +16,8 @@ import pytest
 
 import fake_gpu
 import test_cuda_backend_cpu as backend
-from test_cuda_backend_cpu import batches, gpt2, load_program
+from conftest import load_program
+from test_cuda_backend_cpu import batches, gpt2
 from llmc_py import LlmcError
 from llmc_py.checkpoint import read_model
 

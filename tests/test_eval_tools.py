@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from conftest import load_program
 from llmc_py import LlmcError
 from llmc_py.checkpoint import write_model
 from llmc_py.config import GPT2Config, PARAM_NAMES
@@ -61,13 +62,6 @@ def error_line(stderr):
     line = stderr[at:]
     assert line.endswith("\n") and "\n" not in line[:-1] and "\r" not in line
     return line[:-1]
-
-
-def load_module(name, path):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_model(L=2, C=32, NH=2, maxT=64, V=50257, Vp=50304, std=0.3, seed=0):
@@ -513,7 +507,7 @@ def llmc_shards(docs, shard_size):
 
 
 def test_shard_writer_matches_llmc(tmp_path):
-    fineweb = load_module("fineweb_under_test", "dev/data/fineweb.py")
+    fineweb = load_program("fineweb_under_test", "dev/data/fineweb.py")
     rng = np.random.default_rng(1)
     # documents of 1..10 tokens with shard size 10: splits, exact fills (a shard that ends on a document
     # boundary, so the next starts with EOT) and a final partial shard all occur
@@ -680,7 +674,7 @@ def test_fineweb_interrupted_leaves_nothing(gpt2_tiktoken, tmp_path):
 
 def test_vislog_png(tmp_path):
     pytest.importorskip("matplotlib")
-    vislog = load_module("vislog_under_test", "dev/vislog.py")
+    vislog = load_program("vislog_under_test", "dev/vislog.py")
     run = tmp_path / "run1"
     run.mkdir()
     lines = []
@@ -714,7 +708,7 @@ def test_vislog_png(tmp_path):
 def test_vislog_empty_panel_says_so(tmp_path):
     """A panel with nothing to draw carries a message in the picture instead of an empty axis."""
     pytest.importorskip("matplotlib")
-    vislog = load_module("vislog_under_test", "dev/vislog.py")
+    vislog = load_program("vislog_under_test", "dev/vislog.py")
 
     def panel_texts(parsed, size):
         fig = vislog.draw(parsed, [f"run{i}" for i in range(len(parsed))], size)

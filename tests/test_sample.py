@@ -24,7 +24,7 @@ from llmc_py.rand import random_f32
 from llmc_py.sampler import SAMPLE_RNG_SEED, Sampler, check_fits, generate, prompt_tokens, sample_softmax
 from llmc_py.tokenizer import Tokenizer
 
-from test_cuda_backend_cpu import load_program
+from conftest import load_program
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 V, EOT = 50257, 50256
