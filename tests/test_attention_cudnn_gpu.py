@@ -12,7 +12,7 @@ import pytest
 from gpu_gate import cp  # noqa: E402  (skips this module without a GPU)
 
 from test_attention_cudnn_cpu import SHAPES, close, torch_attention  # noqa: E402
-from test_cuda_backend_cpu import _q, batches, train  # noqa: E402
+from test_cuda_backend_cpu import _dev, _q, batches, train  # noqa: E402
 
 from llmc_py import attention_cudnn, cuda  # noqa: E402
 from llmc_py.attention import attention_backward, attention_forward, choose_attention  # noqa: E402
@@ -31,20 +31,13 @@ def device():
     return info
 
 
-def _dev(values, dtype=np.uint16):
-    host = cuda.host_floatx(values, "bf16") if dtype == np.uint16 else np.asarray(values, dtype)
-    out = cp.empty(host.shape, dtype=host.dtype)
-    out.set(host)
-    return out
-
-
 @pytest.mark.parametrize("B,T,NH,HS", SHAPES)
 def test_forward_backward_match_torch(B, T, NH, HS):
     rng = np.random.default_rng(11)
     C = NH * HS
     inp, dout = _q(rng.standard_normal((B, T, 3 * C)), np.uint16), _q(rng.standard_normal((B, T, C)), np.uint16)
     workspace = cp.zeros(attention_cudnn.workspace_bytes(B, T, NH, HS, "bf16"), cp.uint8)
-    qkv, out = _dev(inp), _dev(np.zeros((B, T, C)))
+    qkv, out = _dev(inp, np.uint16), _dev(np.zeros((B, T, C)), np.uint16)
     stats = cp.zeros((B, NH, T), cp.float32)
     attention_forward(out, qkv, stats, qkv, NH, workspace=workspace)
     ref_out, ref_lse, ref_dinp = torch_attention(inp, dout, NH)
@@ -52,8 +45,8 @@ def test_forward_backward_match_torch(B, T, NH, HS):
     close(cuda.to_host(stats), ref_lse, tol=1e-3)
     runs = []
     for _ in range(2):
-        dqkv = _dev(np.full((B, T, 3 * C), np.nan))  # every element must be written
-        attention_backward(dqkv, None, None, out, _dev(dout), qkv, stats, NH, workspace=workspace)
+        dqkv = _dev(np.full((B, T, 3 * C), np.nan), np.uint16)  # every element must be written
+        attention_backward(dqkv, None, None, out, _dev(dout, np.uint16), qkv, stats, NH, workspace=workspace)
         runs.append(dqkv.get())
     assert np.array_equal(runs[0], runs[1]), "the deterministic backward differs between two runs"
     dinp = cuda.to_host(dqkv)
