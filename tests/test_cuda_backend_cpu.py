@@ -702,6 +702,7 @@ def wide_debug_state(d12_dir, wide_model, tmp_path_factory):
 
 
 @pytest.mark.parametrize("precision,flags", [("fp32", []), ("bf16", []), ("fp32", ["-r", "0", "-ge", "1"]),
+                                             ("fp32", ["--matmul", "fp16fc"]),
                                              ("bf16", ["-r", "2", "-ge", "2"]), ("bf16", ["-w", "0"]),
                                              ("bf16", ["--attention", "llmc"])])
 def test_gpt2cu_program_on_fake_gpu(emulated, wide_debug_state, wide_model, tmp_path, monkeypatch, capsys, precision,
@@ -719,6 +720,40 @@ def test_gpt2cu_program_on_fake_gpu(emulated, wide_debug_state, wide_model, tmp_
     cudnn = precision == "bf16" and "llmc" not in flags  # --attention auto takes cuDNN for bf16
     assert f"attention: {'cuDNN flash attention' if cudnn else 'llm.c'}" in out
     assert "OK (reload determinism over 10 steps)" in out
+
+
+@pytest.mark.parametrize("reference", ["rose", "fell"])
+def test_gpt2cu_bf16_judges_no_overshoot_step(emulated, wide_debug_state, wide_model, tmp_path, monkeypatch, capsys,
+                                              reference):
+    """bf16 from random init: a step whose reference loss rose over the step before is shown, not judged (its
+    overshoot is bf16 rounding's to size); a step whose reference loss fell is judged at 0.05 as ever, and fp32
+    judges every step. The reference loss of step 6 is moved far from what the run gives, up or down."""
+    from llmc_py.checkpoint import read_debug_state
+    debug, val = wide_debug_state
+    state = read_debug_state(str(debug), WIDE)
+    program = load_program("test_gpt2cu_overshoot", "test_gpt2cu.py")
+    assert not program.overshoot_steps(state.losses)
+    losses = list(state.losses)
+    if reference == "rose":
+        losses[5] = losses[4] + 0.5
+    else:  # steps 6-10 lower by 0.3: every step still falls
+        losses[5:] = [loss - 0.3 for loss in losses[5:]]
+    assert program.overshoot_steps(losses) == ({5} if reference == "rose" else set())
+    moved = tmp_path / "moved_debug_state.bin"
+    write_debug_state(str(moved), state.x, state.y, state.logits, state.loss, state.grads, losses)
+    monkeypatch.chdir(tmp_path)
+    args = ["-e", str(wide_model), "--debug-state", str(moved), "-j", str(val)]
+    status = program.main(args + ["--precision", "bf16"])
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1] == f"overall okay: {int(reference == 'rose')}", out[-4000:]
+    assert status == (0 if reference == "rose" else 1)
+    if reference == "rose":
+        assert "the loss of step 6 is shown, not judged" in out and "loss not judged at step 6:" in out
+        assert "LOSS MISMATCH" not in out
+        assert program.main(args + ["--device", "cpu"]) == 1
+        assert "LOSS MISMATCH AT STEP 6:" in capsys.readouterr().out
+    else:
+        assert "not judged" not in out and "LOSS MISMATCH AT STEP 6:" in out
 
 
 def test_profile_and_bench_on_fake_gpu(fake, wide_model, d12_dir, tmp_path, monkeypatch, capsys):

@@ -156,3 +156,46 @@ def test_bench_fit_takes_the_largest_batch_that_runs(scratch_repo):
     assert (status, out) == (1, "") and log.count("OutOfMemoryError") == 2
     status, out, _ = bench_fit("m.bin", "10", "", "8", "4")
     assert (status, out) == (1, "B=8: dev/bench.py printed no median line\n")
+
+
+LLMC_STAND_IN = """#!/usr/bin/env bash
+# llm.c's test_gpt2cu as far as dev/gpu/llmc_model_test.sh sees it: the files it opens, then its step lines
+for f in gpt2_124M_bf16.bin gpt2_124M_debug_state.bin dev/data/tinyshakespeare/tiny_shakespeare_val.bin; do
+  [ -f "$f" ] || { echo "missing $f"; exit 3; }
+done
+echo "flags: $*"
+i=0
+for loss in $LOSSES; do i=$((i + 1)); echo "step $i: loss $loss (took 1.0 ms)"; done
+echo "overall okay: 0"
+exit 1
+"""
+
+
+@pytest.mark.parametrize("shift,count", [(0.01, 10), (0.0, 9)])
+def test_llmc_model_test_compares_llmc_losses_with_the_reference(d12_dir, tmp_path, shift, count):
+    """dev/gpu/llmc_model_test.sh on the d12 fixture with a stand-in for llm.c's test_gpt2cu: its step losses
+    against the debug state's reference losses, the largest difference named; too few losses is one error line."""
+    from llmc_py.checkpoint import read_debug_state, read_model_header
+    config, _ = read_model_header(str(d12_dir / "gpt2_d12.bin"))
+    reference = read_debug_state(str(d12_dir / "gpt2_d12_debug_state.bin"), config).losses
+    work = tmp_path / "work"
+    shutil.copytree(d12_dir, work / "d12")
+    (work / "d12" / ".complete").touch()
+    llmc = tmp_path / "llm.c"
+    llmc.mkdir()
+    (llmc / "test_gpt2cu").write_text(LLMC_STAND_IN)
+    (llmc / "test_gpt2cu").chmod(0o755)
+    losses = [loss + shift * (step == 3) for step, loss in enumerate(reference)][:count]
+    env = {"PATH": "/usr/bin:/bin", "PY": sys.executable, "WORK": str(work),
+           "LOSSES": " ".join(f"{loss:f}" for loss in losses)}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "dev" / "gpu" / "llmc_model_test.sh"), str(llmc), "-r", "1"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert "flags: -r 1" in proc.stdout and "test_gpt2cu exited 1" in proc.stdout, proc.stdout + proc.stderr
+    if count < len(reference):
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1] == f"error: expected {len(reference)} step losses from " \
+            f"test_gpt2cu, found {count}"
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert f"step  4: llm.c {losses[3]:f} reference {reference[3]:f} diff +0.010000" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1] == "largest difference: 0.010000 at step 4"

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds llm.c's train_gpt2cu (bf16, cuDNN attention) in an llm.c checkout, on a machine whose CUDA libraries may
-# come from pip wheels rather than a CUDA toolkit, for dev/bench_peers.py --llmc DIR.
+# come from pip wheels rather than a CUDA toolkit, for dev/bench_peers.py --llmc DIR; and, when named, its model
+# test test_gpt2cu, the same way (dev/gpu/llmc_model_test.sh runs it on our d12 fixture).
 #
-#   bash dev/gpu/build_llmc.sh .peers/llm.c          # the folder dev/gpu/prepare_peers.sh lays out
+#   bash dev/gpu/build_llmc.sh .peers/llm.c                          # the folder dev/gpu/prepare_peers.sh lays out
+#   bash dev/gpu/build_llmc.sh .peers/llm.c train_gpt2cu test_gpt2cu # the targets to build (default train_gpt2cu)
 #
 # It finds nvcc, then the headers and libraries of cuDNN, cuBLAS/cuBLASLt and NVRTC (cudnn-frontend 1.2x compiles
 # NVRTC calls into cudnn_att.cpp): in CUDA_LIB_ROOTS (colon-separated folders searched first), the toolkit beside
@@ -10,7 +12,7 @@
 # nvidia/cu13/{include,lib}, ...). Wheels ship versioned names only (libcudnn.so.9), so DIR/.links holds
 # unversioned links for the linker, and the binary gets an rpath to the real folders. Then llm.c's own Makefile
 # runs with everything on its command line (where make is missing, the two nvcc commands of its rule run):
-#   make train_gpt2cu USE_CUDNN=1 NO_MULTI_GPU=1 NO_USE_MPI=1 NO_OMP=1 GPU_COMPUTE_CAPABILITY=<cc> \
+#   make <targets> USE_CUDNN=1 NO_MULTI_GPU=1 NO_USE_MPI=1 NO_OMP=1 GPU_COMPUTE_CAPABILITY=<cc> \
 #     NVCC_INCLUDES="-Icudnn-frontend/include -I<cudnn> -I<cublas> -I<nvrtc>" \
 #     NVCC_LDFLAGS="-L<DIR>/.links -lcublas -lcublasLt -lcudnn -lnvrtc -Xlinker -rpath=<lib folders>"
 # Two adaptations are made to the copy first (never to a committed file): with CUDA 13, cudaMemAdvise takes a
@@ -18,12 +20,21 @@
 # llm.c's optional NVML use (GPU logging with -lg, unused here) is switched off, so no libnvidia-ml or nvml.h of
 # a particular version is needed.
 set -euo pipefail
-dir=${1:?usage: build_llmc.sh LLMC_DIR}
+dir=${1:?usage: build_llmc.sh LLMC_DIR [TARGET...]}
+shift
+targets=("${@:-train_gpt2cu}")
 PY=${PY:-python3}
-[ -f "$dir/train_gpt2.cu" ] && [ -d "$dir/cudnn-frontend/include" ] || {
+[ -d "$dir/cudnn-frontend/include" ] || {
   echo "error: $dir: expected an llm.c checkout with cudnn-frontend/include inside (dev/gpu/prepare_peers.sh)" >&2
   exit 1
 }
+for target in "${targets[@]}"; do
+  case $target in
+    train_gpt2cu|test_gpt2cu) [ -f "$dir/${target%cu}.cu" ] \
+      || { echo "error: $dir/${target%cu}.cu: missing (dev/gpu/prepare_peers.sh lays it out)" >&2; exit 1; } ;;
+    *) echo "error: $target: expected train_gpt2cu or test_gpt2cu" >&2; exit 1 ;;
+  esac
+done
 dir=$(cd "$dir" && pwd)
 
 nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
@@ -75,14 +86,17 @@ fi
 sed -i 's/^#if __has_include(<nvml.h>)$/#if 0/' llmc/mfu.h
 ldflags="-L$dir/.links -lcublas -lcublasLt -lcudnn -lnvrtc -Xlinker -rpath=$rpath"
 if command -v make > /dev/null; then
-  PATH="$(dirname "$nvcc"):$PATH" make train_gpt2cu USE_CUDNN=1 NO_MULTI_GPU=1 NO_USE_MPI=1 NO_OMP=1 \
+  # -k: one target failing does not stop the others (each is checked below)
+  PATH="$(dirname "$nvcc"):$PATH" make -k -j "${#targets[@]}" "${targets[@]}" USE_CUDNN=1 NO_MULTI_GPU=1 NO_USE_MPI=1 NO_OMP=1 \
     GPU_COMPUTE_CAPABILITY="$cc" NVCC_INCLUDES="${includes[*]}" NVCC_LDFLAGS="$ldflags"
-else  # no make: the two commands its train_gpt2cu rule runs with these settings
+else  # no make: the commands its rules run with these settings (cudnn_att.o first, as their shared input)
   flags=(--threads=0 -t=0 --use_fast_math -std=c++17 -O3 --generate-code "arch=compute_$cc,code=[compute_$cc,sm_$cc]"
          -DENABLE_CUDNN -DENABLE_BF16)
   mkdir -p build
   "$nvcc" -c "${flags[@]}" llmc/cudnn_att.cpp "${includes[@]}" -o build/cudnn_att.o
-  # shellcheck disable=SC2086
-  "$nvcc" "${flags[@]}" train_gpt2.cu build/cudnn_att.o $ldflags "${includes[@]}" -o train_gpt2cu
+  for target in "${targets[@]}"; do
+    # shellcheck disable=SC2086
+    "$nvcc" "${flags[@]}" "${target%cu}.cu" build/cudnn_att.o $ldflags "${includes[@]}" -o "$target"
+  done
 fi
-ls -l train_gpt2cu
+ls -l "${targets[@]}"
