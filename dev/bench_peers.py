@@ -394,25 +394,36 @@ def parse_args(argv=None):
     if min(args.b) < 1 or args.t < 1 or args.steps < 1 or args.warmup < 0:
         raise LlmcError(f"-b {args.b} -t {args.t} --warmup {args.warmup} --steps {args.steps}: expected positive "
                         f"sizes, at least one timed step")
+    if args.llmc is not None and not os.path.isfile(os.path.join(args.llmc, "train_gpt2.cu")):
+        raise LlmcError(f"--llmc {args.llmc}: not an llm.c checkout (no train_gpt2.cu); see dev/gpu/prepare_peers.sh")
+    resolve_paths(args)
+    return args
+
+
+def resolve_paths(args):
+    """The checks and paths this and dev/kernel_peers.py share: -e and -i must exist; they and --llmc become
+    absolute (the runs may start elsewhere); --logs defaults to beside --json, and is made."""
     for path, what in ((args.e, "-e model file"), (args.i, "-i data shard")):
         if not os.path.isfile(path):
             raise LlmcError(f"{what} {path}: not found (run from a folder holding it, or pass its path)")
     args.e, args.i = os.path.abspath(args.e), os.path.abspath(args.i)
     if args.llmc is not None:
-        if not os.path.isfile(os.path.join(args.llmc, "train_gpt2.cu")):
-            raise LlmcError(f"--llmc {args.llmc}: not an llm.c checkout (no train_gpt2.cu); "
-                            f"see dev/gpu/prepare_peers.sh")
         args.llmc = os.path.abspath(args.llmc)
     args.logs = args.logs or os.path.splitext(args.json)[0] + "_logs"
     os.makedirs(args.logs, exist_ok=True)
-    return args
+
+
+def bf16_model_config(path):
+    """The GPT2Config of a bf16 model file (version 5), which every peer reads; LlmcError for any other."""
+    config, version = read_model_header(path)
+    if version != 5:
+        raise LlmcError(f"-e {path}: expected a bf16 model file (version 5), found version {version}")
+    return config
 
 
 def main(argv=None):
     args = parse_args(argv)
-    config, version = read_model_header(args.e)
-    if version != 5:
-        raise LlmcError(f"-e {args.e}: expected a bf16 model file (version 5), found version {version}")
+    config = bf16_model_config(args.e)
     nvml = open_nvml()
     read_memory = nvml.used_mib if nvml is not None else None
     print(f"model {args.e}: {config.num_parameters:,} parameters; data {args.i}; T={args.t}, B in {args.b}, "

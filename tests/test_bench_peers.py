@@ -145,12 +145,17 @@ class FakeNvml:
         return "NVIDIA H200"
 
 
+def write_tiny_inputs(folder):
+    """The peers' inputs in `folder`: a bf16 model file of TINY and a token shard; returns their paths."""
+    model, shard = folder / "tiny_bf16.bin", folder / "shard.bin"
+    write_model(str(model), TINY, gpt2_random_init(TINY), 5)
+    write_datafile(str(shard), np.arange(2000, dtype=np.int64) % 1000)
+    return model, shard
+
+
 @pytest.fixture
 def stub_peers(tmp_path, monkeypatch):
-    model = tmp_path / "tiny_bf16.bin"
-    write_model(str(model), TINY, gpt2_random_init(TINY), 5)
-    shard = tmp_path / "shard.bin"
-    write_datafile(str(shard), np.arange(2000, dtype=np.int64) % 1000)
+    model, shard = write_tiny_inputs(tmp_path)
     nvml = tmp_path / "nvml.txt"
     nvml.write_text("1000")
     monkeypatch.setenv("FAKE_NVML", str(nvml))

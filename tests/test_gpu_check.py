@@ -199,3 +199,34 @@ def test_llmc_model_test_compares_llmc_losses_with_the_reference(d12_dir, tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert f"step  4: llm.c {losses[3]:f} reference {reference[3]:f} diff +0.010000" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1] == "largest difference: 0.010000 at step 4"
+
+
+STAND_IN_BUILD = """#!/usr/bin/env bash
+# dev/gpu/build_llmc.sh as need_llmc sees it: each build is recorded, and makes train_gpt2cu unless told to fail
+echo "build $*" >> "$BUILDS"
+[ -n "${FAIL_BUILD:-}" ] && { echo "nvcc: error"; exit 1; }
+touch "$1/train_gpt2cu" && chmod +x "$1/train_gpt2cu"
+"""
+
+
+def test_need_llmc_builds_the_carried_checkout_once(scratch_repo):
+    work, builds = scratch_repo.parent / "work", scratch_repo.parent / "builds.txt"
+    (scratch_repo / "dev" / "gpu" / "build_llmc.sh").write_text(STAND_IN_BUILD)
+
+    def need_llmc(**env):
+        proc = subprocess.run(["bash", "-c", "source dev/gpu/lib.sh && need_llmc"], cwd=scratch_repo,
+                              capture_output=True, text=True, timeout=60,
+                              env={"PATH": "/usr/bin:/bin", "WORK": str(work), "BUILDS": str(builds), **env})
+        return proc.returncode, proc.stdout, proc.stderr
+
+    assert need_llmc() == (1, "", "") and not builds.exists()  # no llm.c carried: nothing to build
+    carried = scratch_repo / ".peers" / "llm.c"
+    carried.mkdir(parents=True)
+    (carried / "train_gpt2.cu").write_text("")
+    status, out, err = need_llmc(FAIL_BUILD="1")
+    assert (status, out) == (1, "") and "llm.c build failed" in err and "nvcc: error" in err
+    status, out, err = need_llmc()
+    assert (status, out) == (0, f"{work}/llm.c\n") and "building llm.c's train_gpt2cu and test_gpt2cu" in err
+    assert need_llmc() == (0, f"{work}/llm.c\n", "")  # built before: not again
+    assert builds.read_text().splitlines() == [f"build {work}/llm.c train_gpt2cu test_gpt2cu"] * 2
+    assert (work / "llm.c" / "train_gpt2.cu").is_file()  # built in a copy, outside the carried folder

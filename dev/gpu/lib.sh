@@ -30,6 +30,30 @@ need_d12() {
   echo "$dir"
 }
 
+# need_llmc: echoes the folder of llm.c's build, $WORK/llm.c, made once on this machine from a carried .peers/llm.c
+# (dev/gpu/prepare_peers.sh): train_gpt2cu for the peer benchmarks, and test_gpt2cu for dev/gpu/llmc_model_test.sh
+# (its output in $WORK/llm.c/build.log). Returns 1 when no llm.c was carried or train_gpt2cu did not build. A lock
+# makes a second caller wait for a build under way (e.g. one started in the background).
+need_llmc() {
+  local dir=$WORK/llm.c
+  mkdir -p "$WORK" || return 1
+  {
+    if command -v flock > /dev/null; then flock 9; fi
+    if [ -f "$ROOT/.peers/llm.c/train_gpt2.cu" ] && [ ! -f "$dir/.built" ]; then
+      rm -rf "$dir" && cp -r "$ROOT/.peers/llm.c" "$dir" || return 1
+      echo "building llm.c's train_gpt2cu and test_gpt2cu in $dir" >&2
+      bash "$ROOT/dev/gpu/build_llmc.sh" "$dir" train_gpt2cu test_gpt2cu > "$dir/build.log" 2>&1
+      if [ -x "$dir/train_gpt2cu" ]; then
+        touch "$dir/.built"
+      else
+        echo "llm.c build failed; last lines of $dir/build.log:" >&2
+        tail -n 20 "$dir/build.log" >&2
+      fi
+    fi
+  } 9> "$WORK/llmc.lock"
+  [ -f "$dir/.built" ] && echo "$dir"
+}
+
 # bench_fit MODEL STEPS FLAGS B...: dev/bench.py on the GPU at T=1024 with MODEL, STEPS timed steps and FLAGS (words)
 # for each B in turn, largest first, until one runs (out of memory ends the larger ones). Echoes that run's figures
 # in one short line, "B=64: 21.0 ms/step, 195048 tok/s, 40.1% bf16 MFU, 3000 MiB"; returns 1 when no B ran. Every

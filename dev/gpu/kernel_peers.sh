@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# dev/kernel_peers.py on the GPU machine as one command: one training step's GPU time kernel by kernel, ours beside
+# llm.c's (built once from a carried .peers/llm.c by lib.sh's need_llmc; without one, ours alone), on the d12
+# fixture at B=64, T=1024 by default. About a minute or two: ncu times each of a few thousand kernels alone.
+#
+#   bash dev/gpu/kernel_peers.sh              # other arguments go to dev/kernel_peers.py (-b 4, --top 25, ...)
+#
+# Writes $OUT/kernel_peers.json and the runs' output and ncu CSVs as $OUT/kernel_logs.tar.gz. Environment as
+# dev/gpu/check.sh's.
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+OUT=${OUT:-$WORK/out}
+mkdir -p "$WORK/logs" "$OUT"
+llmc=()
+dir=$(need_llmc) && llmc=(--llmc "$dir")
+d12=$(need_d12) || { echo "error: the d12 fixture was not written" >&2; exit 1; }
+cd "$d12"
+"$PY" "$ROOT/dev/kernel_peers.py" "${llmc[@]}" --json "$OUT/kernel_peers.json" --logs "$WORK/logs/kernels" "$@"
+status=$?
+tar -czf "$OUT/kernel_logs.tar.gz" -C "$WORK/logs" kernels 2>/dev/null
+exit $status
