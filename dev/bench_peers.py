@@ -177,6 +177,18 @@ def log_tail(path, lines=6):
         text = [line.rstrip() for line in f if line.strip()]
     return text[-lines:]
 
+
+def exit_reason(status, timeout):
+    """Why a run_logged run failed, from its status (None: it ran past `timeout` seconds)."""
+    return f"timed out after {timeout} s" if status is None else f"exit status {status}"
+
+
+def print_failure(reason, seconds, log):
+    """The lines that report a failed run: why, after how long, and the last lines of its log."""
+    print(f"    FAILED ({reason}) after {seconds:.1f} s; last lines of {log}:", flush=True)
+    for line in log_tail(log):
+        print(f"      {line[:200]}", flush=True)
+
 # ----------------------------------------------------------------------------
 # the peers' command lines and outputs
 
@@ -241,8 +253,7 @@ def run_peer(run, cmd, args, read_memory, parse):
     status, peak, run.wall_s = run_logged(cmd, run.log, args.timeout, read_memory, cwd=os.getcwd())
     run.peak_mib = peak
     if status != 0:
-        run.status = "failed"
-        run.reason = f"timed out after {args.timeout} s" if status is None else f"exit status {status}"
+        run.status, run.reason = "failed", exit_reason(status, args.timeout)
     else:
         try:
             with open(run.log, errors="replace") as f:
@@ -254,9 +265,7 @@ def run_peer(run, cmd, args, read_memory, parse):
         print(f"    {run.wall_s:.1f} s: median {float(np.median(run.step_ms)):.2f} ms/step" +
               (f", peak {run.peak_mib} MiB" if run.peak_mib is not None else ""), flush=True)
     else:
-        print(f"    FAILED ({run.reason}) after {run.wall_s:.1f} s; last lines of {run.log}:", flush=True)
-        for line in log_tail(run.log):
-            print(f"      {line[:200]}", flush=True)
+        print_failure(run.reason, run.wall_s, run.log)
 
 
 def from_json(json_path):
@@ -365,15 +374,20 @@ def table(runs):
     return "\n".join(lines)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-e", default="gpt2_d12_bf16.bin", help="bf16 llm.c model file, the same for every peer")
+def add_run_args(p):
+    """The options this and dev/kernel_peers.py share: what every program runs on, and how."""
+    p.add_argument("-e", default="gpt2_d12_bf16.bin", help="bf16 llm.c model file, the same for every program")
     p.add_argument("-i", default="dev/data/tinyshakespeare/tiny_shakespeare_train.bin", help="data shard")
-    p.add_argument("-b", default="4,64", help="micro batch sizes, comma-separated")
     p.add_argument("-t", type=int, default=1024)
     p.add_argument("-r", type=int, default=1, choices=[0, 1, 2], help="recompute, ours and llm.c")
     p.add_argument("-ge", type=int, default=-1, choices=[-1, 0, 1, 2],
                    help="GELU fusion for ours and llm.c; -1 (default): each program's own default")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_args(p)
+    p.add_argument("-b", default="4,64", help="micro batch sizes, comma-separated")
     p.add_argument("--warmup", type=int, default=9, help="untimed steps first (default 9: steps 10-30 count)")
     p.add_argument("--steps", type=int, default=21, help="timed steps")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated, of {', '.join(PEERS)}")

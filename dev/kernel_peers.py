@@ -28,8 +28,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "dev"))
 
 from bench import write_json  # noqa: E402
-from bench_peers import (bf16_model_config, llmc_command, log_tail, ours_command, resolve_paths,  # noqa: E402
-                         run_logged)
+from bench_peers import (add_run_args, bf16_model_config, exit_reason, llmc_command, ours_command,  # noqa: E402
+                         print_failure, resolve_paths, run_logged)
 from llmc_py import LlmcError, run_main  # noqa: E402
 
 METRIC = "gpu__time_duration.sum"
@@ -171,7 +171,7 @@ def profile(key, cmd, args, ncu):
     status, _, seconds = run_logged(full, log, args.timeout, None, cwd=os.getcwd())
     result = dict(status="failed", command=full, log=log, csv=csv_path, wall_s=seconds)
     if status != 0:
-        result["reason"] = f"timed out after {args.timeout} s" if status is None else f"exit status {status}"
+        result["reason"] = exit_reason(status, args.timeout)
     else:
         try:
             step, found = last_training_step(read_ncu_csv(csv_path))
@@ -182,21 +182,14 @@ def profile(key, cmd, args, ncu):
         print(f"    {seconds:.1f} s: {result['steps_found']} training steps; the last: {result['kernels']} kernels, "
               f"{result['kernel_ms']:.3f} ms", flush=True)
     else:
-        print(f"    FAILED ({result['reason']}) after {seconds:.1f} s; last lines of {log}:", flush=True)
-        for line in log_tail(log):
-            print(f"      {line[:200]}", flush=True)
+        print_failure(result["reason"], seconds, log)
     return result
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-e", default="gpt2_d12_bf16.bin", help="bf16 llm.c model file, the same for both")
-    p.add_argument("-i", default="dev/data/tinyshakespeare/tiny_shakespeare_train.bin", help="data shard")
+    add_run_args(p)
     p.add_argument("-b", type=int, default=64, help="micro batch size")
-    p.add_argument("-t", type=int, default=1024)
-    p.add_argument("-r", type=int, default=1, choices=[0, 1, 2], help="recompute, both programs")
-    p.add_argument("-ge", type=int, default=-1, choices=[-1, 0, 1, 2],
-                   help="GELU fusion for both; -1 (default): each program's own default")
     p.add_argument("--steps", type=int, default=3, help="training steps each program runs (the last is reported)")
     p.add_argument("--llmc", default=None, help="llm.c checkout with train_gpt2cu built (dev/gpu/build_llmc.sh)")
     p.add_argument("--ncu", default=None, help="the ncu executable (default: found on PATH or CUDA's folders)")

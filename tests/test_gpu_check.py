@@ -230,3 +230,41 @@ def test_need_llmc_builds_the_carried_checkout_once(scratch_repo):
     assert need_llmc() == (0, f"{work}/llm.c\n", "")  # built before: not again
     assert builds.read_text().splitlines() == [f"build {work}/llm.c train_gpt2cu test_gpt2cu"] * 2
     assert (work / "llm.c" / "train_gpt2.cu").is_file()  # built in a copy, outside the carried folder
+
+
+STAND_IN_PEER_PROGRAM = """import os, sys
+argv = sys.argv[1:]
+opt = dict(zip(argv[::2], argv[1::2]))
+os.makedirs(opt["--logs"], exist_ok=True)
+with open(os.path.join(opt["--logs"], "run.log"), "w") as f:
+    f.write(os.getcwd() + " " + " ".join(argv))
+open(opt["--json"], "w").write("{}")
+sys.exit(int(opt.get("--exit", 0)))
+"""
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_peer_program_runs_in_the_fixture_and_sends_its_logs_back(scratch_repo, built):
+    """lib.sh's peer_program (dev/gpu/bench_peers.sh, kernel_peers.sh): the program runs in the d12 fixture folder
+    with --llmc only when llm.c is built, its JSON goes to $OUT, and its logs (with llm.c's build log) come back as
+    $OUT/NAME_logs.tar.gz; its exit status is the helper's."""
+    work, out = scratch_repo.parent / "work", scratch_repo.parent / "out"
+    (work / "d12").mkdir(parents=True)
+    (work / "d12" / ".complete").touch()
+    if built:
+        (work / "llm.c").mkdir()
+        (work / "llm.c" / ".built").touch()
+        (work / "llm.c" / "build.log").write_text("built\n")
+    (scratch_repo / "dev" / "kernel_peers.py").write_text(STAND_IN_PEER_PROGRAM)
+    proc = subprocess.run(["bash", "-c", 'source dev/gpu/lib.sh && peer_program kernel_peers.py kernels "$@"',
+                           "peer_program", "-b", "4", "--exit", "3"], cwd=scratch_repo, capture_output=True,
+                          text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PY": sys.executable, "WORK": str(work), "OUT": str(out)})
+    assert proc.returncode == 3, proc.stderr
+    assert (out / "kernel_peers.json").read_text() == "{}"
+    with tarfile.open(out / "kernels_logs.tar.gz") as tar:
+        names = sorted(tar.getnames())
+        run = tar.extractfile("kernels/run.log").read().decode()
+    assert names == sorted(["kernels", "kernels/run.log"] + (["kernels/llmc_build.log"] if built else []))
+    llmc = f"--llmc {work}/llm.c " if built else ""
+    assert run == f"{work}/d12 {llmc}--json {out}/kernel_peers.json --logs {work}/logs/kernels -b 4 --exit 3"

@@ -5,17 +5,9 @@
 #
 #   bash dev/gpu/kernel_peers.sh              # other arguments go to dev/kernel_peers.py (-b 4, --top 25, ...)
 #
-# Writes $OUT/kernel_peers.json and the runs' output and ncu CSVs as $OUT/kernel_logs.tar.gz. Environment as
-# dev/gpu/check.sh's.
+# Writes $OUT/kernel_peers.json, and the runs' output, ncu CSVs and llm.c's build log as $OUT/kernels_logs.tar.gz
+# (lib.sh's peer_program). Environment as dev/gpu/check.sh's.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 OUT=${OUT:-$WORK/out}
-mkdir -p "$WORK/logs" "$OUT"
-llmc=()
-dir=$(need_llmc) && llmc=(--llmc "$dir")
-d12=$(need_d12) || { echo "error: the d12 fixture was not written" >&2; exit 1; }
-cd "$d12"
-"$PY" "$ROOT/dev/kernel_peers.py" "${llmc[@]}" --json "$OUT/kernel_peers.json" --logs "$WORK/logs/kernels" "$@"
-status=$?
-tar -czf "$OUT/kernel_logs.tar.gz" -C "$WORK/logs" kernels 2>/dev/null
-exit $status
+peer_program kernel_peers.py kernels "$@"

@@ -54,6 +54,23 @@ need_llmc() {
   [ -f "$dir/.built" ] && echo "$dir"
 }
 
+# peer_program PROGRAM NAME ARGS...: dev/PROGRAM (bench_peers.py, kernel_peers.py) in the d12 fixture folder, with
+# --llmc when need_llmc has llm.c built, --json $OUT/PROGRAM's stem.json, --logs $WORK/logs/NAME and ARGS; then the
+# llm.c build's log joins the runs' logs, which go back as $OUT/NAME_logs.tar.gz. Returns the program's status.
+peer_program() {
+  local program=$1 name=$2 dir d12 status llmc=()
+  shift 2
+  mkdir -p "$WORK/logs" "$OUT"
+  dir=$(need_llmc) && llmc=(--llmc "$dir")
+  d12=$(need_d12) || { echo "error: the d12 fixture was not written" >&2; return 1; }
+  (cd "$d12" && "$PY" "$ROOT/dev/$program" "${llmc[@]}" --json "$OUT/${program%.py}.json" \
+    --logs "$WORK/logs/$name" "$@")
+  status=$?
+  cp "$WORK/llm.c/build.log" "$WORK/logs/$name/llmc_build.log" 2>/dev/null
+  tar -czf "$OUT/${name}_logs.tar.gz" -C "$WORK/logs" "$name" 2>/dev/null
+  return $status
+}
+
 # bench_fit MODEL STEPS FLAGS B...: dev/bench.py on the GPU at T=1024 with MODEL, STEPS timed steps and FLAGS (words)
 # for each B in turn, largest first, until one runs (out of memory ends the larger ones). Echoes that run's figures
 # in one short line, "B=64: 21.0 ms/step, 195048 tok/s, 40.1% bf16 MFU, 3000 MiB"; returns 1 when no B ran. Every
